@@ -1,0 +1,24 @@
+"""The typer application objects that the command modules attach their verbs to.
+
+Each ``*_cmds`` module owns one group of verbs and registers them here on import; ``main.py`` imports them all.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="rlserve",
+    help="Learn and deploy control policies (routing, energy) for LLM inference serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train a policy in the simulator.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Evaluate a trained policy against the baselines.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+console = Console()
+err_console = Console(stderr=True)

@@ -1,0 +1,22 @@
+"""``rlserve`` entry point: registers every verb group and turns rlserve errors into one-line messages."""
+
+from __future__ import annotations
+
+import sys
+
+from rlserve.cli import sim_cmds  # noqa: F401  (registers simulate, compare)
+from rlserve.cli.app import app, err_console
+from rlserve.errors import RlserveError
+
+
+def main() -> None:
+    """Run the CLI; an :class:`RlserveError` prints ``error: ...`` and exits with status 2, no traceback."""
+    try:
+        app()
+    except RlserveError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``rlserve simulate`` and ``rlserve compare`` (filled in with the simulator)."""
