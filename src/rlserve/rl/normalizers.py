@@ -1,0 +1,136 @@
+"""Running statistics that turn raw observations and rewards into well-scaled network inputs and targets.
+
+Two normalisers, both checkpointable through ``state_dict`` / ``load_state_dict``:
+
+- :class:`RunningNormalizer` standardises a vector per feature, ``clip((x - mean) / sqrt(var + eps))``, with mean
+  and variance tracked exactly by Welford's algorithm in Chan et al.'s batched form (numerically stable for
+  millions of samples, unlike the naive sum / sum-of-squares form).
+- :class:`ReturnScaler` divides rewards by the running standard deviation of the discounted return, the scaling
+  SB3's ``VecNormalize`` and CleanRL use: the mean is *not* subtracted, so the sign of a reward (a penalty stays a
+  penalty) and the optimal policy are unchanged.
+
+Both can be frozen (``update`` becomes a no-op): at inference and evaluation time the statistics must stay
+those the policy was trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rlserve.errors import InputError
+
+
+class RunningNormalizer:
+    """Per-feature running mean/variance (Welford / Chan), clipped standardisation.
+
+    Args:
+        shape: shape of one sample (``(state_dim,)`` for observations, ``()`` for scalars).
+        clip: standardised values are clipped to ``[-clip, clip]``; large outliers then cannot blow up a layer.
+        eps: added to the variance, so constant features map to 0 instead of dividing by zero.
+    """
+
+    def __init__(self, shape: tuple[int, ...] | int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.shape: tuple[int, ...] = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.clip = float(clip)
+        self.eps = float(eps)
+        self.count = 0
+        self.mean = np.zeros(self.shape, np.float64)
+        self.m2 = np.zeros(self.shape, np.float64)  # sum of squared deviations from the mean
+        self.frozen = False
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance of everything seen so far (0 before two samples)."""
+        return self.m2 / self.count if self.count > 1 else np.zeros(self.shape, np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add one sample (shape ``self.shape``) or a batch (shape ``(n, *self.shape)``)."""
+        if self.frozen:
+            return
+        batch = np.asarray(x, dtype=np.float64).reshape((-1, *self.shape))
+        n = batch.shape[0]
+        if n == 0:
+            return
+        b_mean = batch.mean(axis=0)
+        b_m2 = ((batch - b_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = b_mean - self.mean
+        # Chan et al. pairwise combination: exact for any batch size, reduces to Welford for n == 1.
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + b_m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Standardise and clip ``x`` (any leading batch shape); float32, ready for torch."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / np.sqrt(self.var + self.eps)
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the exact statistics (plain lists, so checkpoints stay portable)."""
+        return {"shape": list(self.shape), "clip": self.clip, "eps": self.eps, "count": self.count,
+                "mean": self.mean.tolist(), "m2": self.m2.tolist(), "frozen": self.frozen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore statistics saved by :meth:`state_dict`.
+
+        Raises:
+            InputError: the saved shape differs from this normaliser's (a checkpoint for another state layout).
+        """
+        shape = tuple(state["shape"])
+        if shape != self.shape:
+            raise InputError(f"normalizer shape mismatch: checkpoint has {shape}, expected {self.shape}; "
+                             "the checkpoint was trained with a different state layout")
+        self.clip, self.eps, self.count = float(state["clip"]), float(state["eps"]), int(state["count"])
+        self.mean = np.asarray(state["mean"], np.float64).reshape(self.shape)
+        self.m2 = np.asarray(state["m2"], np.float64).reshape(self.shape)
+        self.frozen = bool(state["frozen"])
+
+
+class ReturnScaler:
+    """Scales rewards by the running std of the discounted return of each environment.
+
+    Args:
+        num_envs: number of environments stepped in lockstep (one running return each).
+        gamma: the discount of the return being tracked (use the agent's gamma).
+        clip: scaled rewards are clipped to ``[-clip, clip]``.
+    """
+
+    def __init__(self, num_envs: int = 1, gamma: float = 0.99, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.gamma = float(gamma)
+        self.clip = float(clip)
+        self.eps = float(eps)
+        self.returns = np.zeros(num_envs, np.float64)
+        self.stats = RunningNormalizer((), clip=np.inf, eps=eps)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the statistics are fixed."""
+        return self.stats.frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self.stats.frozen = value
+
+    def update(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """Advance each environment's discounted return by its reward; a done environment restarts at 0."""
+        self.returns = self.returns * self.gamma + np.asarray(rewards, np.float64)
+        self.stats.update(self.returns)
+        self.returns[np.asarray(dones, bool)] = 0.0
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        """Rewards divided by the return's std (the mean is kept: the optimal policy does not change)."""
+        scaled = np.asarray(rewards, np.float64) / np.sqrt(self.stats.var + self.eps)
+        return np.clip(scaled, -self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Statistics and per-environment running returns."""
+        return {"gamma": self.gamma, "clip": self.clip, "eps": self.eps, "returns": self.returns.tolist(),
+                "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.gamma, self.clip, self.eps = float(state["gamma"]), float(state["clip"]), float(state["eps"])
+        self.returns = np.asarray(state["returns"], np.float64)
+        self.stats.load_state_dict(state["stats"])
