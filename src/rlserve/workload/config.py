@@ -1,0 +1,370 @@
+"""The ``workload:`` section of a scenario file, validated, and the builder that turns it into a Workload.
+
+YAML keys are the dataclass field names, one to one. Which keys a section accepts depends on its ``kind``
+(tables below); anything else is a :class:`~rlserve.errors.ConfigError` that lists the allowed keys.
+:func:`build_workload` is deterministic: the seed is split into independent streams for arrivals, lengths
+and prefixes, so changing the length model leaves the arrival times of a seed unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlserve.errors import ConfigError
+from rlserve.workload import arrivals, lengths, loaders
+from rlserve.workload.request import Workload
+
+# kind -> (required keys, optional keys), besides "kind" itself.
+ARRIVAL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "poisson": (("qps",), ()),
+    "gamma": (("qps", "burstiness"), ()),
+    "constant": (("qps",), ()),
+    "ramp": (("qps_start", "qps_end"), ()),
+    "piecewise": (("rates_qps", "segment_s"), ()),
+    "trace": ((), ("time_scale", "qps")),
+}
+LENGTH_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("prompt_tokens", "output_tokens"), ()),
+    "uniform": (("prompt_min", "prompt_max", "output_min", "output_max"), ()),
+    "lognormal": ((), tuple(f"{side}_{p}" for side in ("prompt", "output") for p in ("mean", "median", "mu", "sigma"))),
+    "trace": (("path",), ("order",)),
+    "azure": (("path",), ("order",)),
+    "sharegpt": (("path",), ("order", "tokenizer")),
+}
+FILE_LOADERS: dict[str, Callable[..., loaders.TokenTrace]] = {
+    "trace": loaders.load_splitwise_csv,
+    "azure": loaders.load_azure_csv,
+    "sharegpt": loaders.load_sharegpt_json,
+}
+ORDERS = ("sample", "sequential")
+# Warn when the prefix is cut to the prompt for more than this share of prefixed requests.
+PREFIX_CUT_WARN_FRACTION = 0.1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_POSITIVE = (lambda v: _is_real(v) and v > 0, "a number > 0")
+_COUNT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+# field -> (accepts value?, what it must be); one table for every section (field names are unique).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(
+        ("qps", "burstiness", "qps_start", "qps_end", "segment_s", "time_scale", "prompt_mean", "prompt_median",
+         "output_mean", "output_median"), _POSITIVE),
+    **dict.fromkeys(
+        ("num_requests", "prompt_tokens", "output_tokens", "prompt_min", "prompt_max", "output_min",
+         "output_max", "max_prompt_tokens", "max_output_tokens", "num_prefixes", "prefix_tokens"), _COUNT),
+    "max_total_tokens": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "rates_qps": (
+        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_is_real(r) and r >= 0 for r in v)
+        and any(r > 0 for r in v), "a non-empty list of rates >= 0, not all 0"),
+    "prompt_mu": (_is_real, "a number"),
+    "output_mu": (_is_real, "a number"),
+    "prompt_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "output_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "share_fraction": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "order": (lambda v: v in ORDERS, f"one of {', '.join(ORDERS)}"),
+    "path": (lambda v: isinstance(v, str | Path) and str(v) != "", "a file path"),
+    "tokenizer": (lambda v: isinstance(v, str | Path) and str(v) != "", "a path to a tokenizer.json"),
+}
+
+
+@dataclass(frozen=True)
+class ArrivalConfig:
+    """When requests arrive; see :data:`ARRIVAL_KEYS` for the keys each ``kind`` takes."""
+
+    kind: str = "poisson"
+    qps: float | None = None
+    burstiness: float | None = None
+    qps_start: float | None = None
+    qps_end: float | None = None
+    rates_qps: tuple[float, ...] | None = None
+    segment_s: float | None = None
+    time_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """How long prompts and outputs are; see :data:`LENGTH_KEYS` for the keys each ``kind`` takes.
+
+    File kinds (``trace``, ``azure``, ``sharegpt``) take rows in file order with ``order: sequential`` and
+    resample rows with replacement with ``order: sample`` (the default, unless arrivals replay the trace).
+    """
+
+    kind: str = "lognormal"
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    prompt_min: int | None = None
+    prompt_max: int | None = None
+    output_min: int | None = None
+    output_max: int | None = None
+    prompt_mean: float | None = None
+    prompt_median: float | None = None
+    prompt_mu: float | None = None
+    prompt_sigma: float | None = None
+    output_mean: float | None = None
+    output_median: float | None = None
+    output_mu: float | None = None
+    output_sigma: float | None = None
+    path: Path | None = None
+    order: str | None = None
+    tokenizer: Path | None = None
+
+    def lognormal(self, side: str) -> lengths.LogNormal:
+        """The prompt (``side="prompt"``) or output lognormal, from mean/median or mu/sigma."""
+        mean, median = getattr(self, f"{side}_mean"), getattr(self, f"{side}_median")
+        if mean is not None:
+            return lengths.LogNormal.from_mean_median(mean, median)
+        return lengths.LogNormal(getattr(self, f"{side}_mu"), getattr(self, f"{side}_sigma"))
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """Shared prompt prefixes for prefix caching.
+
+    Each request, with probability ``share_fraction``, gets one of ``num_prefixes`` prefix ids (uniformly)
+    whose first ``prefix_tokens`` prompt tokens are shared by every request with that id. A prompt shorter
+    than ``prefix_tokens`` shares all of its tokens (the prefix is cut to the prompt).
+    """
+
+    share_fraction: float
+    num_prefixes: int
+    prefix_tokens: int
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """A whole workload: how many requests, when they arrive, how long they are, caps and prefixes.
+
+    ``num_requests`` may be left out only for file lengths taken in order; then every row is used.
+    """
+
+    num_requests: int | None
+    arrival: ArrivalConfig
+    lengths: LengthConfig
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_total_tokens: int | None = None
+    prefix: PrefixConfig | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
+        """Validate a ``workload:`` mapping; ``where`` names it in errors, e.g. ``"light.yaml: workload"``.
+
+        Relative paths are resolved against ``base_dir`` (the scenario file's folder) and must exist.
+        """
+        top = _section(d, where, "", ("arrival", "lengths"),
+                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix"))
+        arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
+        lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
+        prefix = top.get("prefix")
+        if prefix is not None:
+            prefix = PrefixConfig(**_section(prefix, where, "prefix.", tuple(f.name for f in
+                                                                             dataclasses.fields(PrefixConfig)), ()))
+        for key in ("path", "tokenizer"):
+            if key in lens:
+                lens[key] = Path(base_dir) / Path(lens[key]).expanduser()
+                if not lens[key].is_file():
+                    raise ConfigError(f"{where}: lengths.{key} {lens[key]} does not exist; fix the path "
+                                      "(relative paths are relative to the scenario file)")
+        if "rates_qps" in arrival:
+            arrival["rates_qps"] = tuple(float(r) for r in arrival["rates_qps"])
+        cfg = cls(
+            num_requests=top.get("num_requests"),
+            arrival=ArrivalConfig(**arrival),
+            lengths=LengthConfig(**lens),
+            max_prompt_tokens=top.get("max_prompt_tokens"),
+            max_output_tokens=top.get("max_output_tokens"),
+            max_total_tokens=top.get("max_total_tokens"),
+            prefix=prefix,
+        )
+        _check_combination(cfg, where)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (the keys :meth:`from_dict` accepts), for result files."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items() if x is not None}
+            if isinstance(v, tuple):
+                return list(v)
+            return str(v) if isinstance(v, Path) else v
+        return plain(dataclasses.asdict(self))
+
+
+def _section(
+    d: Any, where: str, prefix: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check a mapping's keys and the values of known fields; return a copy."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'workload'} must be a mapping, got {d!r}")
+    allowed = required + optional
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+                          f"allowed here: {', '.join(allowed)}")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(prefix + k for k in missing)}")
+    for key, value in d.items():
+        ok, what = _CHECKS.get(key, (lambda v: True, ""))
+        if value is not None and not ok(value):
+            raise ConfigError(f"{where}: {prefix}{key} must be {what}, got {value!r}")
+    return dict(d)
+
+
+def _kinded(
+    d: Any, where: str, prefix: str, table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+) -> dict[str, Any]:
+    """Validate a section whose allowed keys depend on its ``kind``."""
+    kind = d.get("kind") if isinstance(d, Mapping) else None
+    if kind not in table:
+        raise ConfigError(f"{where}: {prefix}kind must be one of {', '.join(table)}, got {kind!r}")
+    required, optional = table[kind]
+    return _section(d, where, prefix, ("kind", *required), optional)
+
+
+def _check_combination(cfg: WorkloadConfig, where: str) -> None:
+    """Rules that involve more than one key."""
+    arr, lens = cfg.arrival, cfg.lengths
+    if lens.kind == "uniform":
+        for side in ("prompt", "output"):
+            if getattr(lens, f"{side}_min") > getattr(lens, f"{side}_max"):
+                raise ConfigError(f"{where}: lengths.{side}_min must be <= lengths.{side}_max")
+    if lens.kind == "lognormal":
+        for side in ("prompt", "output"):
+            given = [k for k in ("mean", "median", "mu", "sigma") if getattr(lens, f"{side}_{k}") is not None]
+            if sorted(given) not in (["mean", "median"], ["mu", "sigma"]):
+                raise ConfigError(f"{where}: lengths needs either {side}_mean and {side}_median or {side}_mu and "
+                                  f"{side}_sigma, got {', '.join(f'{side}_{k}' for k in given) or 'neither'}")
+            try:
+                lens.lognormal(side)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: lengths {side}: {e}") from None
+    if arr.kind == "trace":
+        if lens.kind not in ("trace", "azure"):
+            raise ConfigError(f"{where}: arrival.kind trace replays the times of the lengths file, so "
+                              f"lengths.kind must be trace or azure, not {lens.kind}")
+        if arr.time_scale is not None and arr.qps is not None:
+            raise ConfigError(f"{where}: give arrival.time_scale or arrival.qps, not both")
+        if lens.order == "sample":
+            raise ConfigError(f"{where}: lengths.order must be sequential when arrival.kind is trace "
+                              "(each row's lengths belong to its arrival time)")
+    if cfg.num_requests is None and (lens.kind not in FILE_LOADERS or _order(cfg) != "sequential"):
+        raise ConfigError(f"{where}: num_requests is required unless the lengths file is taken in order")
+
+
+def _order(cfg: WorkloadConfig) -> str:
+    if cfg.lengths.order is not None:
+        return cfg.lengths.order
+    return "sequential" if cfg.arrival.kind == "trace" else "sample"
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(kind: str, path: Path, tokenizer: Path | None, mtime_ns: int, size: int) -> loaders.TokenTrace:
+    """Load a lengths file once per version of it: RL training rebuilds workloads every episode."""
+    if kind == "sharegpt":
+        return loaders.load_sharegpt_json(path, tokenizer)
+    return FILE_LOADERS[kind](path)
+
+
+def load_lengths_file(cfg: LengthConfig) -> loaders.TokenTrace:
+    """The (cached, read-only) trace behind a file-based length config."""
+    if cfg.path is None:
+        raise ConfigError(f"lengths.kind {cfg.kind} needs a path")
+    try:
+        st = cfg.path.stat()
+    except OSError:
+        st = None  # the loader reports the missing file
+    return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+
+
+def build_workload(cfg: WorkloadConfig, seed: int) -> Workload:
+    """Draw the workload a config describes; the same config and seed give identical arrays."""
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    arrival_rng, length_rng, prefix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    trace = load_lengths_file(cfg.lengths) if cfg.lengths.kind in FILE_LOADERS else None
+    n = cfg.num_requests if cfg.num_requests is not None else len(trace)  # type: ignore[arg-type]
+    prompt, output, trace_rows = _draw_lengths(cfg, n, length_rng, trace)
+    prompt, output, _ = lengths.clip_lengths(
+        prompt, output, max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
+        max_total_tokens=cfg.max_total_tokens,
+    )
+    arrival_s = _draw_arrivals(cfg.arrival, n, arrival_rng, trace, trace_rows)
+    prefix_id, prefix_tokens = _draw_prefixes(cfg.prefix, prompt, prefix_rng)
+    return Workload(arrival_s, prompt, output, prefix_id, prefix_tokens)
+
+
+def _draw_lengths(
+    cfg: WorkloadConfig, n: int, rng: np.random.Generator, trace: loaders.TokenTrace | None
+) -> tuple[np.ndarray, np.ndarray, slice | None]:
+    """Prompt and output lengths, plus the trace rows used when they were taken in order."""
+    c = cfg.lengths
+    if trace is not None:
+        if _order(cfg) == "sample":
+            return (*lengths.empirical(trace.prompt_tokens, trace.output_tokens, n, rng), None)
+        if n > len(trace):
+            raise ConfigError(f"num_requests is {n} but {trace.path} has only {len(trace)} rows; lower "
+                              "num_requests or use lengths.order: sample")
+        return trace.prompt_tokens[:n], trace.output_tokens[:n], slice(0, n)
+    if c.kind == "fixed":
+        return (*lengths.fixed(c.prompt_tokens, c.output_tokens, n), None)  # type: ignore[arg-type]
+    if c.kind == "uniform":
+        return (*lengths.uniform((c.prompt_min, c.prompt_max), (c.output_min, c.output_max), n, rng),  # type: ignore[arg-type]
+                None)
+    return (*lengths.lognormal(c.lognormal("prompt"), c.lognormal("output"), n, rng), None)
+
+
+def _draw_arrivals(
+    c: ArrivalConfig, n: int, rng: np.random.Generator, trace: loaders.TokenTrace | None, rows: slice | None
+) -> np.ndarray:
+    if c.kind == "trace":
+        if trace is None or rows is None:
+            raise ConfigError("arrival.kind trace needs lengths read in order from a trace or azure file")
+        if trace.arrival_s is None:
+            raise ConfigError(f"{trace.path} has no arrived_at column, which arrival.kind trace needs")
+        times = trace.arrival_s[rows]
+        if c.qps is not None:
+            return arrivals.trace_replay(times, arrivals.time_scale_for_qps(times, c.qps))
+        return arrivals.trace_replay(times, c.time_scale if c.time_scale is not None else 1.0)
+    if c.kind == "poisson":
+        return arrivals.poisson(c.qps, n, rng)  # type: ignore[arg-type]
+    if c.kind == "gamma":
+        return arrivals.gamma(c.qps, c.burstiness, n, rng)  # type: ignore[arg-type]
+    if c.kind == "constant":
+        return arrivals.constant(c.qps, n)  # type: ignore[arg-type]
+    if c.kind == "ramp":
+        return arrivals.ramp(c.qps_start, c.qps_end, n, rng)  # type: ignore[arg-type]
+    return arrivals.piecewise_poisson(c.rates_qps, c.segment_s, n, rng)  # type: ignore[arg-type]
+
+
+def _draw_prefixes(
+    c: PrefixConfig | None, prompt_tokens: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(prompt_tokens)
+    if c is None or c.share_fraction == 0:
+        return np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    shared = rng.random(n) < c.share_fraction
+    prefix_id = np.where(shared, rng.integers(0, c.num_prefixes, n), -1).astype(np.int64)
+    prefix_tokens = np.where(shared, np.minimum(c.prefix_tokens, prompt_tokens), 0).astype(np.int64)
+    cut = int(np.count_nonzero(shared & (prompt_tokens < c.prefix_tokens)))
+    if cut > PREFIX_CUT_WARN_FRACTION * max(1, int(shared.sum())):
+        warnings.warn(f"prefix.prefix_tokens={c.prefix_tokens} is longer than the prompt of {cut} of "
+                      f"{int(shared.sum())} prefixed requests, whose shared prefix is cut to the prompt; "
+                      "lower prefix_tokens if that is not intended", stacklevel=3)
+    return prefix_id, prefix_tokens
