@@ -14,6 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+RECENT_LATENCY_EWMA_ALPHA = 0.2
+"""Weight of the newest sample in ``ReplicaState.recent_ttft_s`` / ``recent_e2e_s``. The simulator and the proxy
+must both use this value (the first sample initialises the average), or the same history would give a policy
+different observations in the two worlds."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedRequestView:
