@@ -129,17 +129,17 @@ def _token_counts(path: Path, column: str, values: list[str], lines: list[int]) 
     return x.astype(np.int64)
 
 
-def _check_times(path: Path, column: str, t: np.ndarray, lines: list[int]) -> np.ndarray:
-    """Arrival times must be >= 0 and sorted: replaying an unsorted trace would silently reorder requests."""
-    i = _first_bad(t < 0)
-    if i is not None:
-        raise InputError(f"{path}: line {lines[i]}: {column} is negative ({t[i]})")
+def _check_times(path: Path, column: str, t: np.ndarray, raw: list[str], lines: list[int]) -> np.ndarray:
+    """Arrival times must be sorted and >= 0: replaying an unsorted trace would silently reorder requests."""
     i = _first_bad(np.diff(t) < 0)
     if i is not None:
         raise InputError(
-            f"{path}: line {lines[i + 1]}: {column} goes back in time ({t[i + 1]} after {t[i]}); "
-            "sort the file by arrival time"
+            f"{path}: line {lines[i + 1]}: {column} goes back in time ({raw[i + 1].strip()!r} after "
+            f"{raw[i].strip()!r}); sort the file by arrival time"
         )
+    i = _first_bad(t < 0)
+    if i is not None:
+        raise InputError(f"{path}: line {lines[i]}: {column} {raw[i].strip()!r} is negative")
     return t
 
 
@@ -149,7 +149,8 @@ def load_splitwise_csv(path: str | Path) -> TokenTrace:
     cols, lines = _read_csv(path, ["num_prefill_tokens", "num_decode_tokens"], ["arrived_at"])
     arrival_s = None
     if "arrived_at" in cols:
-        arrival_s = _check_times(path, "arrived_at", _numbers(path, "arrived_at", cols["arrived_at"], lines), lines)
+        raw = cols["arrived_at"]
+        arrival_s = _check_times(path, "arrived_at", _numbers(path, "arrived_at", raw, lines), raw, lines)
     return TokenTrace(
         path=path,
         prompt_tokens=_token_counts(path, "num_prefill_tokens", cols["num_prefill_tokens"], lines),
@@ -180,7 +181,7 @@ def _parse_timestamps(path: Path, values: list[str], lines: list[int]) -> np.nda
             raise InputError(
                 f"{path}: line {lines[i]}: TIMESTAMP {v.strip()!r} mixes time-zone-aware and naive times"
             ) from None
-    return _check_times(path, "TIMESTAMP", out, lines)
+    return _check_times(path, "TIMESTAMP", out, values, lines)
 
 
 def load_azure_csv(path: str | Path) -> TokenTrace:
