@@ -150,7 +150,8 @@ def test_sharegpt_and_azure_lengths(tmp_path):
     sg = tmp_path / "sg.json"
     sg.write_text(json.dumps([{"conversations": [{"from": "human", "value": "abcdefgh"},
                                                  {"from": "gpt", "value": "abcd"}]}]))
-    w = build_workload(config(num_requests=3, lengths={"kind": "sharegpt", "path": "sg.json"}, base_dir=tmp_path), 0)
+    w = build_workload(config(num_requests=3, lengths={"kind": "sharegpt", "path": "sg.json", "tokenizer": None},
+                              base_dir=tmp_path), 0)
     assert w.prompt_tokens.tolist() == [2, 2, 2] and w.output_tokens.tolist() == [1, 1, 1]
     az = tmp_path / "az.csv"
     az.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,7,3\n2023-11-16 18:15:48.5,8,4\n")
@@ -186,6 +187,7 @@ BAD = [
     ({"arrival": {"kind": "weibull"}}, "arrival.kind must be one of poisson, gamma, constant, ramp, piecewise, trace"),
     ({"arrival": {"kind": "poisson", "qps": -2}}, "arrival.qps must be a number > 0, got -2"),
     ({"arrival": {"kind": "poisson", "qps": "fast"}}, "arrival.qps must be a number > 0, got 'fast'"),
+    ({"arrival": {"kind": "poisson", "qps": None}}, "arrival.qps must be a number > 0, got None"),
     ({"arrival": {"kind": "piecewise", "rates_qps": [0, 0], "segment_s": 1}}, "arrival.rates_qps must be"),
     ({"num_requests": 0}, "num_requests must be an integer >= 1"),
     ({"num_requests": 2.5}, "num_requests must be an integer >= 1"),

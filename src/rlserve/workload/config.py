@@ -173,10 +173,10 @@ class WorkloadConfig:
         lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
         prefix = top.get("prefix")
         if prefix is not None:
-            prefix = PrefixConfig(**_section(prefix, where, "prefix.", tuple(f.name for f in
-                                                                             dataclasses.fields(PrefixConfig)), ()))
+            prefix_keys = tuple(f.name for f in dataclasses.fields(PrefixConfig))
+            prefix = PrefixConfig(**_section(prefix, where, "prefix.", prefix_keys, ()))
         for key in ("path", "tokenizer"):
-            if key in lens:
+            if lens.get(key) is not None:
                 lens[key] = Path(base_dir) / Path(lens[key]).expanduser()
                 if not lens[key].is_file():
                     raise ConfigError(f"{where}: lengths.{key} {lens[key]} does not exist; fix the path "
@@ -222,7 +222,7 @@ def _section(
         raise ConfigError(f"{where}: missing key(s) {', '.join(prefix + k for k in missing)}")
     for key, value in d.items():
         ok, what = _CHECKS.get(key, (lambda v: True, ""))
-        if value is not None and not ok(value):
+        if (value is not None or key in required) and not ok(value):  # null means "not given"
             raise ConfigError(f"{where}: {prefix}{key} must be {what}, got {value!r}")
     return dict(d)
 
