@@ -1,0 +1,468 @@
+"""The router proxy: an OpenAI-compatible HTTP front end that routes each request with an rlserve policy.
+
+Request path (``POST /v1/completions`` and ``/v1/chat/completions``)::
+
+    read body -> sizes (request_shape) -> snapshot (bookkeeping) -> router.select -> admission gate
+      -> POST upstream -> first byte? --no--> replica marked down, next replica (up to max_attempts)
+                                    --yes-> status + body passed through unchanged (streamed chunk by chunk)
+
+The router is the same object the simulator drives (``rlserve.policies.make_router``) and sees the same
+:class:`~rlserve.snapshot.ClusterSnapshot` type; the snapshot's replica states are built lazily, only if the
+router reads them. If the router picks a replica that is down, or an attempt fails before any byte reached the
+client, the request goes to the healthy replica with the fewest outstanding requests that it has not tried yet.
+Once bytes have been streamed to the client a failure cannot be retried (the client already holds part of one
+answer); the stream then ends with an OpenAI-style error event and ``data: [DONE]``, so the client sees a clear
+error rather than a hang or a silently truncated answer. A non-streamed response is read completely before it is
+sent, so any failure of it is retried.
+
+In-process API (for an energy controller living in the same process; thread-safe)::
+
+    proxy.set_concurrency_cap(replica, cap)   # None = uncapped
+    proxy.snapshot()                          # ClusterSnapshot with eagerly built replica states
+
+HTTP admin API: ``GET /admin/replicas``; ``PUT /admin/replicas/{i}/concurrency_cap`` with ``{"cap": int|null}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rlserve.errors import ConfigError
+from rlserve.policies.base import Router, make_router
+from rlserve.serve.admission import ReplicaDown
+from rlserve.serve.bookkeeping import ReplicaBook, Tracked
+from rlserve.serve.config import ProxyConfig
+from rlserve.serve.probes import ReplicaProber
+from rlserve.serve.proxy_error import ProxyError
+from rlserve.serve.proxy_metrics import ProxyMetrics
+from rlserve.serve.request_shape import request_sizes
+from rlserve.snapshot import ClusterSnapshot, ReplicaState
+from rlserve.workload.request import Request
+
+log = logging.getLogger(__name__)
+
+# Response headers that describe one hop's connection, not the payload: never copied from upstream.
+_HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server",
+                          "proxy-authenticate", "trailer", "upgrade"})
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+_MAX_BODY_BYTES = 64 * 2**20
+
+
+class _AttemptFailed(Exception):
+    """An attempt failed before any byte reached the client: the request may go to another replica."""
+
+
+class RouterProxy:
+    """The proxy server. ``await start()`` / ``await stop()`` or ``async with``; ``url`` once started."""
+
+    def __init__(self, config: ProxyConfig, router: Router | None = None) -> None:
+        self.config = config
+        self.router = router if router is not None else make_router(config.router, seed=config.seed,
+                                                                    **config.router_kwargs)
+        self.books = [ReplicaBook(i, spec, config.max_queue_per_replica) for i, spec in enumerate(config.replicas)]
+        self.metrics = ProxyMetrics(self.books)
+        self.port = config.port
+        self.arrivals_total = 0
+        self._t0 = time.monotonic()
+        self._auth = None if config.api_key is None else f"Bearer {config.api_key}".encode()
+        if config.upstream_api_key is not None:
+            self._upstream_auth: str | None = f"Bearer {config.upstream_api_key}"
+        else:
+            self._upstream_auth = None
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._prober: ReplicaProber | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._observe_decision = self.metrics.decision_s.observe
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` the proxy listens on."""
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Probe the replicas once, start the probes and bind the listening socket."""
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
+            timeout=aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout_s,
+                                          sock_read=cfg.upstream_idle_timeout_s),
+            auto_decompress=False,
+        )
+        self._prober = ReplicaProber(self._session, self.books, cfg.health_interval_s, cfg.health_timeout_s,
+                                     cfg.metrics_interval_s, self.set_health)
+        await self._prober.probe_all()
+        self._prober.start()
+        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app.router.add_post("/v1/completions", self._handle_generate)
+        app.router.add_post("/v1/chat/completions", self._handle_generate)
+        app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_get("/health", self._handle_health)
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/admin/replicas", self._handle_admin_replicas)
+        app.router.add_put("/admin/replicas/{index}/concurrency_cap", self._handle_admin_cap)
+        # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream connection
+        # (vLLM then aborts the generation) and releases the admission slot.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("rlserve proxy on %s routing with %s over %d replicas", self.url, self.router.name, len(self.books))
+
+    async def stop(self) -> None:
+        """Stop accepting, cancel in-flight requests, stop the probes, close upstream connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._prober is not None:
+            await self._prober.stop()
+            self._prober = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> RouterProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- in-process API -----------------------------------------------------------------------------------------
+
+    def now_s(self) -> float:
+        """Seconds since the proxy was created (the snapshot clock)."""
+        return time.monotonic() - self._t0
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster as the router would see it now, replica states built eagerly (safe from any thread)."""
+        now = self.now_s()
+        k = self.config.queue_k
+        return ClusterSnapshot(now, len(self.books), tuple(b.state(now, k) for b in self.books), self.arrivals_total)
+
+    def set_concurrency_cap(self, replica: int, cap: int | None) -> None:
+        """Cap the requests in flight to ``replica`` (``None`` = uncapped); applies now, from any thread.
+
+        Raises:
+            ConfigError: unknown replica or a cap that is not an integer >= 1.
+        """
+        if isinstance(replica, bool) or not isinstance(replica, int) or not 0 <= replica < len(self.books):
+            raise ConfigError(f"replica must be an index in [0, {len(self.books) - 1}], got {replica!r}")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"concurrency cap must be an integer >= 1 or None (uncapped), got {cap!r}")
+        gate = self.books[replica].gate
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
+            gate.set_cap(cap)
+            return
+
+        async def apply() -> None:
+            gate.set_cap(cap)
+
+        asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=10)
+
+    def set_health(self, replica: int, healthy: bool, reason: str = "") -> None:
+        """Mark a replica up or down (probes and failed requests call this); down re-routes its waiters."""
+        book = self.books[replica]
+        if healthy == book.healthy:
+            return
+        book.healthy = healthy
+        if healthy:
+            log.warning("replica %d (%s) is up again", replica, book.spec.url)
+        else:
+            log.warning("replica %d (%s) is down: %s", replica, book.spec.url, reason)
+            book.gate.fail_waiters()
+
+    # --- routing ------------------------------------------------------------------------------------------------
+
+    def _decide(self, request: Request) -> int:
+        """Ask the router; time it; validate its answer."""
+        t0 = time.perf_counter()
+        now = request.arrival_s
+        books, k = self.books, self.config.queue_k
+        snapshot = ClusterSnapshot(now, len(books), lambda: tuple(b.state(now, k) for b in books),
+                                   self.arrivals_total)
+        try:
+            choice = self.router.select(request, snapshot)
+        except Exception as exc:  # a policy bug must not take the proxy down
+            log.exception("router %s failed", self.router.name)
+            raise ProxyError(500, "router_failed", f"router {self.router.name} raised {type(exc).__name__}: "
+                             f"{exc}") from exc
+        self._observe_decision(time.perf_counter() - t0)
+        if isinstance(choice, bool) or not 0 <= choice < len(books):
+            raise ProxyError(500, "router_failed", f"router {self.router.name} chose replica {choice!r}, not an "
+                             f"index in [0, {len(books) - 1}]")
+        return int(choice)
+
+    def _fallback(self, tried: set[int]) -> int | None:
+        """The untried replica to use instead: healthy ones first, then by fewest outstanding requests."""
+        best: tuple[bool, int, int] | None = None
+        for b in self.books:
+            if b.index in tried:
+                continue
+            key = (not b.healthy, len(b.outstanding), b.index)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    # --- request path -------------------------------------------------------------------------------------------
+
+    def _check_auth(self, request: web.Request) -> None:
+        if self._auth is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, self._auth):
+                raise ProxyError(401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer KEY'")
+
+    def _error_response(self, exc: ProxyError) -> web.Response:
+        self.metrics.count_error(exc.type)
+        headers = None if exc.retry_after_s is None else {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+    async def _handle_generate(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self._check_auth(request)
+            raw = await request.read()
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = None
+            if not isinstance(body, dict):
+                raise ProxyError(400, "invalid_request", "the request body must be a JSON object")
+            return await self._route(request, raw, body)
+        except ProxyError as exc:
+            return self._error_response(exc)
+
+    async def _route(self, request: web.Request, raw: bytes, body: dict[str, Any]) -> web.StreamResponse:
+        cfg = self.config
+        prompt_tokens, output_tokens = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
+        rid = self.arrivals_total
+        arrival_s = self.now_s()
+        req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+        replica = self._decide(req)
+        self.arrivals_total += 1
+        if not self.books[replica].healthy:
+            replica = self._fallback({replica}) if self._any_healthy() else replica
+        stream = body.get("stream") is True
+        deadline = time.monotonic() + cfg.queue_timeout_s
+        tried: set[int] = set()
+        last_error = ""
+        while True:
+            book = self.books[replica]
+            tracked = book.add(rid, arrival_s, prompt_tokens, output_tokens)
+            try:
+                return await self._attempt(request, raw, stream, book, rid, tracked, deadline)
+            except _AttemptFailed as exc:
+                last_error = str(exc)
+            except ReplicaDown as exc:
+                last_error = str(exc)
+            finally:
+                book.remove(rid, tracked)  # no-op after a completion
+            tried.add(replica)
+            next_replica = self._fallback(tried) if len(tried) < cfg.max_attempts else None
+            if next_replica is None:
+                if not self._any_healthy():
+                    raise ProxyError(503, "no_replica", f"no replica is reachable ({len(tried)} tried, last: "
+                                     f"{last_error}); check the vLLM servers", retry_after_s=1.0)
+                raise ProxyError(502, "upstream_failed", f"{len(tried)} attempts failed before the first byte "
+                                 f"(last: {last_error})")
+            book.retried_total += 1
+            replica = next_replica
+
+    def _any_healthy(self) -> bool:
+        return any(b.healthy for b in self.books)
+
+    async def _attempt(self, request: web.Request, raw: bytes, stream: bool, book: ReplicaBook, rid: int,
+                       tracked: Tracked, deadline: float) -> web.StreamResponse:
+        """One try on one replica. Raises :class:`_AttemptFailed` if it failed before any byte reached the client."""
+        gate = book.gate
+        await gate.acquire(max(deadline - time.monotonic(), 0.0))
+        try:
+            assert self._session is not None  # internal invariant: handlers run only between start() and stop()
+            try:
+                upstream = await self._session.post(book.spec.url + request.path, data=raw,
+                                                    headers=self._upstream_headers(request))
+            except _TRANSPORT_ERRORS as exc:
+                self._attempt_failed(book, exc)
+            async with upstream:
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+                out_headers["X-Rlserve-Replica"] = str(book.index)
+                if not stream or upstream.status != 200:
+                    try:
+                        data = await upstream.read()
+                    except _TRANSPORT_ERRORS as exc:
+                        self._attempt_failed(book, exc)
+                    if upstream.status == 200:
+                        book.tokens(tracked, _completion_tokens(data))
+                        book.complete(rid, tracked, self.now_s())
+                    return web.Response(body=data, status=upstream.status, headers=out_headers)
+                return await self._stream(request, upstream, out_headers, book, rid, tracked)
+        finally:
+            gate.release()
+
+    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
+        """Content type, plus the upstream key; the client's own Authorization only when the proxy has no keys."""
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        if self._upstream_auth is not None:
+            headers["Authorization"] = self._upstream_auth
+        elif self._auth is None and "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        return headers
+
+    def _attempt_failed(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
+        why = f"replica {book.index} ({book.spec.url}): {type(exc).__name__} {exc}".strip()
+        self.set_health(book.index, False, why)
+        raise _AttemptFailed(why) from exc
+
+    async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, out_headers: dict[str, str],
+                      book: ReplicaBook, rid: int, tracked: Tracked) -> web.StreamResponse:
+        content = upstream.content
+        try:
+            chunk = await content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            self._attempt_failed(book, exc)
+        if not chunk:
+            self._attempt_failed(book, ConnectionError("the stream closed before its first byte"))
+        book.first_token(tracked, self.now_s())
+        response = web.StreamResponse(status=upstream.status, headers=out_headers)
+        await response.prepare(request)
+        while chunk:
+            book.tokens(tracked, chunk.count(b"data: {"))
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:  # the client went away; leaving closes the upstream connection
+                self.metrics.count_error("client_disconnected")
+                return response
+            try:
+                chunk = await content.readany()
+            except _TRANSPORT_ERRORS as exc:
+                await self._end_broken_stream(response, book, exc)
+                return response
+        await response.write_eof()
+        book.complete(rid, tracked, self.now_s())
+        return response
+
+    async def _end_broken_stream(self, response: web.StreamResponse, book: ReplicaBook, exc: BaseException) -> None:
+        """Close a stream whose replica failed after the first byte with an error event, as vLLM does."""
+        self.metrics.count_error("upstream_midstream")
+        self.set_health(book.index, False, f"stream broken: {type(exc).__name__} {exc}")
+        error = {"error": {"message": f"replica {book.index} failed mid-stream ({type(exc).__name__}); the answer "
+                           "is incomplete, retry the request", "type": "upstream_midstream", "code": 502}}
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
+            await response.write_eof()
+
+    # --- other endpoints ----------------------------------------------------------------------------------------
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        """The union of the healthy replicas' models (deduplicated by id)."""
+        try:
+            self._check_auth(request)
+        except ProxyError as exc:
+            return self._error_response(exc)
+        assert self._session is not None  # internal invariant
+        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        headers = {"Authorization": self._upstream_auth} if self._upstream_auth else None
+
+        async def fetch(book: ReplicaBook) -> list[dict[str, Any]]:
+            try:
+                async with self._session.get(f"{book.spec.url}/v1/models", timeout=timeout,  # type: ignore[union-attr]
+                                             headers=headers) as resp:
+                    if resp.status != 200:
+                        return []
+                    data = (await resp.json()).get("data")
+                    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+            except (*_TRANSPORT_ERRORS, ValueError, AttributeError):
+                return []
+
+        candidates = [b for b in self.books if b.healthy] or self.books
+        merged: dict[str, dict[str, Any]] = {}
+        for models in await asyncio.gather(*(fetch(b) for b in candidates)):
+            for m in models:
+                merged.setdefault(str(m.get("id")), m)
+        if not merged:
+            return self._error_response(ProxyError(503, "no_replica", "no replica answered /v1/models; check the "
+                                                   "vLLM servers", retry_after_s=1.0))
+        return web.json_response({"object": "list", "data": list(merged.values())})
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        up = sum(b.healthy for b in self.books)
+        return web.json_response({"status": "ok" if up else "no_replica", "replicas_up": up,
+                                  "replicas": len(self.books)}, status=200 if up else 503)
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _handle_admin_replicas(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+        except ProxyError as exc:
+            return self._error_response(exc)
+        return web.json_response({"time_s": self.now_s(), "replicas": _replica_dicts(self.books, self.snapshot())})
+
+    async def _handle_admin_cap(self, request: web.Request) -> web.Response:
+        try:
+            self._check_auth(request)
+            try:
+                index = int(request.match_info["index"])
+            except ValueError:
+                index = -1
+            if not 0 <= index < len(self.books):
+                raise ProxyError(404, "not_found", f"no replica {request.match_info['index']!r}; indices are "
+                                 f"0..{len(self.books) - 1}")
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                body = None
+            if not isinstance(body, dict) or "cap" not in body:
+                raise ProxyError(400, "invalid_request", 'send {"cap": <integer >= 1>} or {"cap": null} to uncap')
+            try:
+                self.set_concurrency_cap(index, body["cap"])
+            except ConfigError as exc:
+                raise ProxyError(400, "invalid_request", str(exc)) from exc
+        except ProxyError as exc:
+            return self._error_response(exc)
+        return web.json_response({"replica": index, "cap": body["cap"]})
+
+
+def _completion_tokens(data: bytes) -> int:
+    """``usage.completion_tokens`` of a non-streamed response, found without parsing the whole body (0 if absent)."""
+    i = data.rfind(b'"completion_tokens":')
+    if i < 0:
+        return 0
+    j = i + len(b'"completion_tokens":')
+    end = j
+    while end < len(data) and data[end] in b" 0123456789":
+        end += 1
+    try:
+        return int(data[j:end])
+    except ValueError:
+        return 0
+
+
+def _replica_dicts(books: Sequence[ReplicaBook], snapshot: ClusterSnapshot) -> list[dict[str, Any]]:
+    def one(book: ReplicaBook, state: ReplicaState) -> dict[str, Any]:
+        return {"index": book.index, "url": book.spec.url, "healthy": book.healthy, "cap": book.gate.cap,
+                "in_flight": book.gate.in_flight, "queued": book.gate.queued, "state": asdict(state)}
+
+    return [one(b, s) for b, s in zip(books, snapshot.replicas, strict=True)]

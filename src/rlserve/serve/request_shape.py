@@ -1,0 +1,50 @@
+"""From an OpenAI request body to the sizes a router sees in :class:`~rlserve.workload.request.Request`.
+
+The proxy has no tokenizer (loading one per model would tie it to a model hub and cost milliseconds per request),
+so text is measured in characters and divided by ``chars_per_token`` (about 4 for English with Llama-style BPE).
+Token-id prompts (``"prompt": [1, 2, 3]``) are counted exactly. The output size is ``max_tokens`` (or
+``max_completion_tokens``) times ``n``, an upper bound, which is also what the simulator's policies would see if
+they were told only what a client asks for; without ``max_tokens`` the configured default stands in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _text_chars(content: Any) -> int:
+    """Characters of a chat message ``content``: a string or a list of parts (only text parts count)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return 0
+
+
+def _prompt_size(prompt: Any, chars_per_token: float) -> int:
+    """Tokens of a completions ``prompt``: a string, token ids, or a batch of either."""
+    if isinstance(prompt, str):
+        return math.ceil(len(prompt) / chars_per_token)
+    if isinstance(prompt, list) and prompt:
+        if isinstance(prompt[0], int):
+            return len(prompt)
+        return sum(_prompt_size(p, chars_per_token) for p in prompt)
+    return 0
+
+
+def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_tokens: int) -> tuple[int, int]:
+    """``(prompt_tokens, output_tokens)`` estimated from a completions or chat-completions body (both >= 1)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        prompt_tokens = math.ceil(chars / chars_per_token)
+    else:
+        prompt_tokens = _prompt_size(body.get("prompt"), chars_per_token)
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        max_tokens = default_max_tokens
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        max_tokens *= n
+    return max(prompt_tokens, 1), max_tokens

@@ -1,0 +1,74 @@
+"""Ways to run the proxy: in the foreground until a signal (the CLI), or on a background thread (tests, tools).
+
+The background form gives the proxy its own event loop on its own thread, so a synchronous caller (a test, a
+benchmark, an energy controller's control loop) can drive traffic or change caps without sharing a loop with it;
+:meth:`RouterProxy.set_concurrency_cap` is safe to call from that caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+from rlserve.policies.base import Router
+from rlserve.serve.config import ProxyConfig
+from rlserve.serve.proxy import RouterProxy
+
+
+@contextlib.contextmanager
+def proxy_in_thread(config: ProxyConfig, router: Router | None = None) -> Iterator[RouterProxy]:
+    """Start a proxy on a daemon thread; yields it once it accepts connections; stops it on exit."""
+    proxy = RouterProxy(config, router)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(proxy.start())
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+            loop.run_until_complete(proxy.stop())
+            loop.close()
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(proxy.stop())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="rlserve-proxy", daemon=True)
+    thread.start()
+    started.wait()
+    if failure:
+        thread.join()
+        raise failure[0]
+    try:
+        yield proxy
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+
+
+def run_proxy(config: ProxyConfig, router: Router | None = None,
+              on_started: Callable[[RouterProxy], None] | None = None) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM, then shut down cleanly.
+
+    ``on_started``, when given, is called with the started proxy (the CLI prints the address there).
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with RouterProxy(config, router) as proxy:
+            if on_started is not None:
+                on_started(proxy)
+            await stop.wait()
+
+    asyncio.run(main())
