@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from rlserve.cli import sim_cmds  # noqa: F401  (registers simulate, compare)
+from rlserve.cli import (
+    serve_cmds,  # noqa: F401  (registers serve)
+    sim_cmds,  # noqa: F401  (registers simulate, compare)
+)
 from rlserve.cli.app import app, err_console
 from rlserve.errors import RlserveError
 

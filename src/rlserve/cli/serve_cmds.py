@@ -1,0 +1,57 @@
+"""``rlserve serve``: run a routing policy in front of real vLLM replicas."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from rlserve.cli.app import app, console
+from rlserve.errors import ConfigError
+from rlserve.policies import ROUTERS
+from rlserve.serve import ProxyConfig, ReplicaSpec, RouterProxy, load_replicas_file, run_proxy
+
+
+@app.command()
+def serve(
+    replica: list[str] = typer.Option(None, "--replica", help="Base URL of a vLLM server (repeat per replica)."),
+    replicas_file: Path | None = typer.Option(
+        None, help="YAML with 'replicas: [{url: ..., decode_tokens_per_s: ..., max_num_seqs: ...}]' (capabilities "
+        "of heterogeneous replicas)."),
+    router: str = typer.Option("least_outstanding", help=f"Router: {', '.join(sorted(ROUTERS))}, or ppo:CHECKPOINT."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback should use --api-key."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: str | None = typer.Option(None, envvar="RLSERVE_API_KEY",
+                                       help="Require 'Authorization: Bearer KEY' on /v1/* and /admin/*."),
+    upstream_api_key: str | None = typer.Option(None, envvar="RLSERVE_UPSTREAM_API_KEY",
+                                                help="Bearer token the replicas expect (vllm serve --api-key)."),
+    max_num_seqs: int = typer.Option(256, help="The replicas' --max-num-seqs (for --replica URLs)."),
+    concurrency_cap: int | None = typer.Option(None, help="Initial per-replica admission cap (default: none)."),
+    max_queue_per_replica: int = typer.Option(1024, help="Requests that may wait for a capped replica; then 429."),
+    queue_timeout_s: float = typer.Option(30.0, help="Longest wait for an admission slot; then 503."),
+    max_attempts: int = typer.Option(3, help="Replicas tried per request when attempts fail before the first byte."),
+    health_interval_s: float = typer.Option(1.0, help="Period of the replicas' /health probe."),
+    metrics_interval_s: float = typer.Option(1.0, help="Period of the replicas' /metrics scrape (0 = off)."),
+    queue_k: int = typer.Option(0, help="Requests per replica listed in the snapshot's queue view."),
+    seed: int = typer.Option(0, help="Seed of the router's tie-breaking."),
+    log_level: str = typer.Option("warning", help="Python log level (debug, info, warning, error)."),
+) -> None:
+    """Run an OpenAI-compatible proxy that routes every request with an rlserve policy."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    specs = [ReplicaSpec(url, max_num_seqs=max_num_seqs, concurrency_cap=concurrency_cap) for url in replica or []]
+    if replicas_file is not None:
+        specs += load_replicas_file(replicas_file)
+    if not specs:
+        raise ConfigError("give at least one replica: --replica http://HOST:PORT (repeatable) or --replicas-file")
+    config = ProxyConfig(replicas=tuple(specs), router=router, seed=seed, host=host, port=port, api_key=api_key,
+                         upstream_api_key=upstream_api_key, max_queue_per_replica=max_queue_per_replica,
+                         queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
+                         health_interval_s=health_interval_s, metrics_interval_s=metrics_interval_s, queue_k=queue_k)
+
+    def started(proxy: RouterProxy) -> None:
+        up = sum(b.healthy for b in proxy.books)
+        console.print(f"rlserve proxy on [bold]{proxy.url}[/] (router {proxy.router.name}, {up}/{len(proxy.books)} "
+                      "replicas up); Ctrl-C to stop", highlight=False)
+
+    run_proxy(config, on_started=started)
