@@ -9,7 +9,6 @@ import typer
 
 from rlserve.cli.app import app, console
 from rlserve.errors import ConfigError
-from rlserve.policies import ROUTERS
 from rlserve.serve import ProxyConfig, ReplicaSpec, RouterProxy, load_replicas_file, run_proxy
 
 
@@ -19,7 +18,8 @@ def serve(
     replicas_file: Path | None = typer.Option(
         None, help="YAML with 'replicas: [{url: ..., decode_tokens_per_s: ..., max_num_seqs: ...}]' (capabilities "
         "of heterogeneous replicas)."),
-    router: str = typer.Option("least_outstanding", help=f"Router: {', '.join(sorted(ROUTERS))}, or ppo:CHECKPOINT."),
+    router: str = typer.Option("least_outstanding", help="Router registry name (round_robin, least_outstanding, "
+                               "least_kv, ...; a wrong name lists them all) or ppo:CHECKPOINT."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback should use --api-key."),
     port: int = typer.Option(8000, help="Port to listen on."),
     api_key: str | None = typer.Option(None, envvar="RLSERVE_API_KEY",
