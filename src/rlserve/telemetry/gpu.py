@@ -180,12 +180,6 @@ class GpuMonitor(Monitor[GpuSample]):
         energy = self._read_energy_j(0.0, None)
         return {f"gpu{g}": e for g, e in zip(self.gpu_ids, energy, strict=True)}
 
-    def _close(self) -> None:
-        try:
-            self._nvml.nvmlShutdown()  # type: ignore[union-attr]
-        except self._nvml.NVMLError:  # type: ignore[union-attr]  # already shut down elsewhere: nothing to release
-            pass
-
     def static_info(self) -> dict[str, Any]:
         """GPU ids, names and where energy comes from."""
         return {"gpu_ids": list(self.gpu_ids), "device_names": self.device_names, "energy_source": self.energy_source,

@@ -102,7 +102,7 @@ class Monitor(ABC, Generic[S]):
         return None
 
     def _close(self) -> None:
-        """Release resources after the thread has stopped (HTTP clients, NVML)."""
+        """Release resources after the thread has stopped (idempotent; sampling again may reopen them)."""
 
     def static_info(self) -> dict[str, Any]:
         """Facts about the source that do not change during a run (device names, sources, config)."""
@@ -120,13 +120,13 @@ class Monitor(ABC, Generic[S]):
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread (waits for an in-flight sample) and release resources. Idempotent."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        self.stopped_s = time.monotonic()
+        """Stop the thread (waits for an in-flight sample) and release resources. Idempotent; a stopped monitor
+        may be started again."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.stopped_s = time.monotonic()
         self._close()
 
     def __enter__(self) -> Monitor[S]:

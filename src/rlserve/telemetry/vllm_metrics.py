@@ -167,10 +167,13 @@ class VllmMetricsMonitor(Monitor[VllmSample]):
         super().__init__(interval_s)
         self.base_url = base_url.rstrip("/")
         self.rate_window_s = rate_window_s
-        self._client = httpx.Client(timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self._client: httpx.Client | None = None  # opened on first use, closed by stop()
         self._times: list[float] = []  # t_s of the trace, for the trailing-window lookup
 
     def _sample(self, t_s: float) -> VllmSample:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout_s)
         try:
             resp = self._client.get(f"{self.base_url}/metrics")
         except httpx.TimeoutException as exc:
@@ -188,7 +191,9 @@ class VllmMetricsMonitor(Monitor[VllmSample]):
         return sample
 
     def _close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def static_info(self) -> dict[str, Any]:
         """Where the metrics come from."""
