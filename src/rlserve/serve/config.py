@@ -35,11 +35,14 @@ import math
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rlserve.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from rlserve.sim.config import ReplicaConfig
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -104,6 +107,21 @@ class ReplicaSpec:
         if "url" not in d:
             raise ConfigError("every replica needs a 'url'")
         return cls(**d)
+
+
+def replica_spec_from_sim(url: str, replica: ReplicaConfig, **overrides: Any) -> ReplicaSpec:
+    """The spec of a real server running what ``replica`` simulates (same GPU, model, TP, clock, limits).
+
+    Capabilities come from the simulator's performance model, so a policy trained on that configuration sees the
+    same capability features in both worlds. KV geometry is left to the server's /metrics (the real truth).
+    """
+    from rlserve.sim import build_perf_model
+
+    perf = build_perf_model(replica)
+    fields_ = dict(max_num_seqs=replica.max_num_seqs, concurrency_cap=replica.concurrency_cap,
+                   decode_tokens_per_s=perf.decode_tokens_per_s, prefill_tokens_per_s=perf.prefill_tokens_per_s,
+                   sm_clock_mhz=perf.sm_clock_mhz)
+    return ReplicaSpec(url=url, **{**fields_, **overrides})
 
 
 def load_replicas_file(path: str | Path) -> tuple[ReplicaSpec, ...]:
