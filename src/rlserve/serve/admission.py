@@ -68,7 +68,8 @@ class ReplicaGate:
                 return
             self._forget(fut)
             raise ProxyError(503, "queue_timeout", f"no slot on replica {self.index} (cap {self.cap}) within "
-                             f"{timeout_s:.2g} s (queue_timeout_s); retry later or raise the cap", retry_after_s=1.0) from None
+                             f"{timeout_s:.2g} s (queue_timeout_s); retry later or raise the cap",
+                             retry_after_s=1.0) from None
         except asyncio.CancelledError:  # the client went away
             if self._granted(fut):
                 self.release()

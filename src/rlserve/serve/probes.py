@@ -29,7 +29,7 @@ _WANTED_PREFIXES = (*KV_USAGE_NAMES, "vllm:num_requests_running", "vllm:num_requ
                     "vllm:num_preemptions", "vllm:cache_config_info")
 
 
-def _relevant_lines(text: str) -> str:
+def relevant_metric_lines(text: str) -> str:
     """Keep the samples the snapshot uses (and their ``# TYPE`` lines); drop everything else."""
     keep = []
     for line in text.splitlines():
@@ -98,6 +98,6 @@ class ReplicaProber:
                 if resp.status != 200:
                     return
                 text = await resp.text()
-            book.engine = parse_vllm_metrics(_relevant_lines(text))
+            book.engine = parse_vllm_metrics(relevant_metric_lines(text))
         except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError, BackendError) as exc:
             log.debug("scrape of %s/metrics failed: %s", book.spec.url, exc)
