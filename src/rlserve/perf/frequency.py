@@ -1,0 +1,84 @@
+"""How speed and power change with the SM clock (pure functions of the clock fraction ``x = f / f_max``).
+
+- Compute (tensor-core) throughput scales with the clock it actually runs at: ``min(x, x_sustained)``, where
+  ``x_sustained`` is where the board power limit holds long dense GEMMs (measured on an H200: ~1545 MHz of 1980).
+- Achievable memory bandwidth barely depends on the SM clock until the SMs can no longer keep enough loads in
+  flight: ``mem_bandwidth_scale(x) = g(x) / g(1)`` with ``g(x) = x / (x**4 + k**4) ** (1/4)``, ``k = 0.3``
+  (~1.3% lower at 60% clock, ~43% lower at the H100/H200 minimum of 345 MHz).
+- Dynamic power follows ``P ∝ f V(f)^2`` with a voltage floor below ``VOLTAGE_KNEE`` of the max clock and a
+  linear rise to the max voltage above it.
+- Memory-active power has a clock-independent half (HBM, PHY) and a half that scales like the SMs issuing the
+  loads; this split reproduces the ~30% decode-energy saving that clock locking gives on an H200 at a small
+  throughput loss (Ma et al. 2026).
+
+Sources and the reasoning behind every constant: docs/perf_model.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from rlserve.perf.gpus import GpuSpec
+
+VOLTAGE_FLOOR = 0.65  # V_min / V_max
+VOLTAGE_KNEE = 0.45  # clock fraction below which the voltage stays at its floor
+MEM_KNEE = 0.3  # clock fraction where the SMs start to limit achievable bandwidth
+MEM_KNEE_SHARPNESS = 4.0
+MEM_POWER_FIXED_SHARE = 0.5  # share of memory-active power that does not scale with the SM clock
+GEMM_MEM_ACTIVITY = 0.1  # fraction of a long GEMM's time the memory system is busy (prefill-shaped work)
+
+
+def voltage_ratio(x: float) -> float:
+    """V(x) / V(1): flat at the floor up to the knee, then linear to 1 at the max clock."""
+    if x <= VOLTAGE_KNEE:
+        return VOLTAGE_FLOOR
+    return VOLTAGE_FLOOR + (1.0 - VOLTAGE_FLOOR) * (x - VOLTAGE_KNEE) / (1.0 - VOLTAGE_KNEE)
+
+
+def clock_power_factor(x: float) -> float:
+    """Dynamic power at clock fraction x relative to the max clock: x V(x)^2 / V(1)^2."""
+    v = voltage_ratio(x)
+    return x * v * v
+
+
+def _g(x: float) -> float:
+    return x / (x**MEM_KNEE_SHARPNESS + MEM_KNEE**MEM_KNEE_SHARPNESS) ** (1.0 / MEM_KNEE_SHARPNESS)
+
+
+def mem_bandwidth_scale(x: float) -> float:
+    """Achievable memory bandwidth at clock fraction x relative to the max clock (1 at x = 1)."""
+    return _g(x) / _g(1.0)
+
+
+def awake_power_w(gpu: GpuSpec, x: float) -> float:
+    """Power of one GPU that is clocked up at fraction x but has no work (between kernels, CPU-side gaps)."""
+    cal = gpu.calibration
+    return gpu.idle_power_w + (cal.awake_power_w - gpu.idle_power_w) * clock_power_factor(x)
+
+
+def dyn_mem_power_w(gpu: GpuSpec, x: float) -> float:
+    """Extra power of one GPU while its memory system streams at the achievable bandwidth."""
+    share = MEM_POWER_FIXED_SHARE
+    return gpu.calibration.dyn_mem_power_w * (share + (1.0 - share) * clock_power_factor(x))
+
+
+def sustained_compute_fraction(gpu: GpuSpec) -> float:
+    """Clock fraction at which long dense GEMMs run under the power limit (the most compute can use)."""
+    return min(1.0, gpu.calibration.sustained_gemm_clock_mhz / gpu.sm_clock_max_mhz)
+
+
+@lru_cache(maxsize=64)
+def dyn_compute_power_max_w(gpu: GpuSpec) -> float:
+    """Tensor-core dynamic power of one GPU at the max clock, were the power limit absent.
+
+    Derived, not free: it is the value for which a GEMM-bound GPU at the sustained clock draws exactly the
+    board limit (idle + awake + compute + a little memory traffic = TDP), which is what the limiter enforces.
+    """
+    xs = sustained_compute_fraction(gpu)
+    headroom = gpu.max_power_w - awake_power_w(gpu, xs) - GEMM_MEM_ACTIVITY * dyn_mem_power_w(gpu, xs)
+    return max(0.0, headroom) / clock_power_factor(xs)
+
+
+def dyn_compute_power_w(gpu: GpuSpec, x: float) -> float:
+    """Extra power of one GPU while its tensor cores are fully busy at clock fraction x."""
+    return dyn_compute_power_max_w(gpu) * clock_power_factor(x)
