@@ -1,8 +1,10 @@
 """Energy controllers: choose a concurrency cap and an SM clock per replica every control interval.
 
-Controllers are registered by name in :data:`ENERGY_CONTROLLERS` and built with :func:`make_controller`.
+Registered names (build with :func:`make_controller`): ``static`` (no cap, max clock; ``static:CAP@MHZ`` pins a
+pair), ``clipper`` (AIMD on the cap), ``eais`` (model-predicted cheapest pair meeting the SLO), ``dqn:PATH``.
 """
 
+from rlserve.policies.energy import clipper, dqn_controller, eais, static  # noqa: F401  (register controllers)
 from rlserve.policies.energy.action_space import SEED_CAPS, ActionSpace
 from rlserve.policies.energy.base import (
     ENERGY_CONTROLLERS,

@@ -1,0 +1,70 @@
+"""The trained DQN as an energy controller: observation -> greedy action -> (cap, clock).
+
+The checkpoint carries what the network was trained with (action space, observation config, layer widths), so
+the deployed controller rebuilds exactly that; the SLO used for the slack features is the deployment's own.
+Inference is greedy (argmax Q): exploration exists only during training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlserve.errors import InputError
+from rlserve.policies.energy.action_space import ActionSpace
+from rlserve.policies.energy.base import ControlContext, EnergyDecision, register_controller
+from rlserve.policies.energy.qnet import DuelingQNetwork
+from rlserve.policies.energy.state import EnergyStateBuilder, EnergyStateConfig
+from rlserve.rl.checkpoints import load_checkpoint
+from rlserve.snapshot import ClusterSnapshot
+
+CHECKPOINT_KIND = "dqn_energy"
+
+
+@register_controller("dqn")
+class DQNController:
+    """Greedy policy of a trained dueling Q-network (``dqn:PATH`` in specs)."""
+
+    name = "dqn"
+
+    def __init__(self, context: ControlContext, checkpoint: str | Path = "") -> None:
+        if not checkpoint:
+            raise InputError("the dqn controller needs a checkpoint: dqn:PATH/policy.pt (from rlserve train energy)")
+        data = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+        meta: dict[str, Any] = data["metadata"]
+        try:
+            self.action_space = ActionSpace.from_dict(meta["action_space"])
+            state_config = EnergyStateConfig(**meta["state_config"])
+            hidden = tuple(int(h) for h in meta["hidden_sizes"])
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"checkpoint {checkpoint} lacks the energy metadata ({exc}); "
+                             "was it written by rlserve train energy?") from None
+        if self.action_space != context.action_space:
+            warnings.warn(f"checkpoint {checkpoint} was trained on another action space; using the checkpoint's "
+                          f"(clocks {self.action_space.min_clock_mhz:g}-{self.action_space.max_clock_mhz:g} MHz)",
+                          stacklevel=2)
+        self.q = DuelingQNetwork(state_config.dim, self.action_space.n_actions, hidden)
+        self.q.load_state_dict(data["agent"]["q"])  # a shape mismatch raises: never silently random weights
+        self.q.eval()
+        self.context = context
+        self.max_cap = context.max_num_seqs
+        self.state = EnergyStateBuilder(state_config, context.slo, self.action_space)
+        self.name = f"dqn:{checkpoint}"
+        self.last_q: np.ndarray | None = None
+
+    def decide(self, snapshot: ClusterSnapshot, replica: int) -> EnergyDecision:
+        """Greedy action for the current observation (caps above ``max_num_seqs`` are clipped to it)."""
+        obs = self.state.build(snapshot, replica)
+        with torch.no_grad():
+            q = self.q(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+        self.last_q = q
+        d = self.action_space.decode_action(int(np.argmax(q)))
+        return EnergyDecision(min(d.concurrency_cap, self.max_cap), d.sm_clock_mhz)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the previous snapshot."""
+        self.state.reset()
