@@ -7,6 +7,7 @@ import sys
 from rlserve.cli import (
     serve_cmds,  # noqa: F401  (registers serve)
     sim_cmds,  # noqa: F401  (registers simulate, compare)
+    telemetry_cmds,  # noqa: F401  (registers bench, monitor, state)
 )
 from rlserve.cli.app import app, err_console
 from rlserve.errors import RlserveError

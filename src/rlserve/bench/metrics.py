@@ -1,0 +1,169 @@
+"""Benchmark metrics: ``calculate_metrics(run, ...) -> BenchmarkMetrics`` with unit-suffixed fields.
+
+Aggregates use :mod:`rlserve.metrics` (the definitions the simulator uses): a request's arrival is its send
+time, TTFT = first token - send, TPOT = (finish - first token) / (output tokens - 1), E2EL = finish - send,
+goodput = SLO-meeting requests per second where failed requests count as misses. Added here: ITL (gaps between
+streamed chunks), client scheduling lag (actual send - intended send), and energy: GPU energy from the NVML
+counter window over the run, CPU energy from RAPL when measured, per request, per output token, and goodput
+per joule (SLO-meeting requests per joule of measured energy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from rlserve.bench.runner import BenchRun
+from rlserve.errors import ConfigError
+from rlserve.metrics import RequestRecords, Slo, distribution, summarize
+
+METRIC_NAMES = ("ttft", "tpot", "itl", "e2el")
+
+
+def parse_goodput(specs: Sequence[str]) -> Slo:
+    """``["ttft:500", "tpot:50", "e2el:10000"]`` (milliseconds, as ``vllm bench serve --goodput``) -> Slo."""
+    keys = {"ttft": "ttft_s", "tpot": "tpot_s", "e2el": "e2e_s"}
+    values: dict[str, float] = {}
+    for spec in specs:
+        name, sep, ms = spec.partition(":")
+        if not sep or name not in keys:
+            raise ConfigError(f"--goodput {spec!r}: expected NAME:MS with NAME one of ttft, tpot, e2el")
+        try:
+            values[keys[name]] = float(ms) / 1000.0
+        except ValueError:
+            raise ConfigError(f"--goodput {spec!r}: {ms!r} is not a number of milliseconds") from None
+    return Slo(**values)
+
+
+@dataclass(frozen=True)
+class BenchmarkMetrics:
+    """Aggregates of one benchmark run (``None`` where not measured).
+
+    ``duration_s`` runs from the first send to the last completion (the shared definition), so throughputs
+    exclude the idle tail of a schedule that ends with failures.
+    """
+
+    completed: int
+    failed: int
+    duration_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput_per_s: float
+    output_throughput_tok_per_s: float
+    total_token_throughput_tok_per_s: float
+    goodput_per_s: float | None
+    slo_attainment: float | None
+    mean_ttft_ms: float
+    median_ttft_ms: float
+    std_ttft_ms: float
+    p99_ttft_ms: float
+    mean_tpot_ms: float
+    median_tpot_ms: float
+    std_tpot_ms: float
+    p99_tpot_ms: float
+    mean_itl_ms: float
+    median_itl_ms: float
+    std_itl_ms: float
+    p99_itl_ms: float
+    mean_e2el_ms: float
+    median_e2el_ms: float
+    std_e2el_ms: float
+    p99_e2el_ms: float
+    mean_scheduling_lag_ms: float
+    p99_scheduling_lag_ms: float
+    percentiles_ms: dict[str, dict[str, float]]
+    """``{"ttft": {"p50": .., "p90": ..}, ...}`` for the requested metrics and percentiles."""
+    gpu_energy_j: float | None
+    cpu_energy_j: float | None
+    energy_j: float | None
+    energy_per_request_j: float | None
+    energy_per_output_token_j: float | None
+    goodput_per_joule: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN -> None)."""
+        return _finite(asdict(self))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
+
+
+def records_of(run: BenchRun) -> RequestRecords:
+    """Per-request outcomes as the shared :class:`RequestRecords` (failed requests have NaN times)."""
+    outs = run.outputs
+    ok = np.array([o.success for o in outs], dtype=bool)
+    n = len(outs)
+
+    def times(attr: str) -> np.ndarray:
+        t = np.array([getattr(o, attr) for o in outs], dtype=np.float64)
+        return np.where(ok, t, np.nan)
+
+    send = np.array([o.send_s for o in outs], dtype=np.float64)
+    return RequestRecords(
+        arrival_s=np.where(np.isfinite(send), send, run.scheduled_s),
+        prompt_tokens=np.array([o.prompt_tokens for o in outs], dtype=np.int64),
+        output_tokens=np.array([o.output_tokens if o.success else 0 for o in outs], dtype=np.int64),
+        replica=np.zeros(n, np.int64),
+        first_scheduled_s=np.full(n, np.nan),
+        first_token_s=times("first_token_s"),
+        finish_s=times("finish_s"),
+        preemptions=np.zeros(n, np.int64),
+        energy_j=np.full(n, np.nan),
+    )
+
+
+def calculate_metrics(run: BenchRun, slo: Slo | None = None,
+                      percentile_metrics: Sequence[str] = ("ttft", "tpot", "itl"),
+                      percentiles: Sequence[float] = (99.0,)) -> BenchmarkMetrics:
+    """Aggregate a run. ``slo=None`` leaves goodput unmeasured (``None``)."""
+    unknown = set(percentile_metrics) - set(METRIC_NAMES)
+    if unknown:
+        raise ConfigError(f"--percentile-metrics {sorted(unknown)} unknown; choose from {', '.join(METRIC_NAMES)}")
+    rec = records_of(run)
+    m = run.measurement
+    energy = m.energy_j if m is not None else None
+    summary = summarize(rec, slo or Slo(), num_replicas=1, energy_j=energy)
+    done = rec.finished
+    itl = np.array([x for o in run.outputs if o.success for x in o.itl_s], dtype=np.float64)
+    lag = np.array([o.send_s - s for o, s in zip(run.outputs, run.scheduled_s, strict=True)], dtype=np.float64)
+    series = {"ttft": rec.ttft_s[done], "tpot": rec.tpot_s[done], "itl": itl, "e2el": rec.e2e_s[done]}
+    qs = tuple(percentiles)
+    dists = {k: distribution(v, (99.0, *qs), scale=1000.0) for k, v in series.items()}
+    lag_d = distribution(lag, (99.0,), scale=1000.0)
+    n_done = summary.num_finished
+    good = summary.slo_attainment * summary.num_requests if slo is not None else None
+    flat: dict[str, float] = {}
+    for k, d in dists.items():
+        flat.update({f"mean_{k}_ms": d["mean"], f"median_{k}_ms": d["median"], f"std_{k}_ms": d["std"],
+                     f"p99_{k}_ms": d["p99"]})
+    return BenchmarkMetrics(
+        completed=n_done,
+        failed=summary.num_requests - n_done,
+        duration_s=summary.duration_s,
+        total_input_tokens=int(rec.prompt_tokens[done].sum()),
+        total_output_tokens=int(rec.output_tokens[done].sum()),
+        request_throughput_per_s=summary.request_throughput_per_s,
+        output_throughput_tok_per_s=summary.output_token_throughput_per_s,
+        total_token_throughput_tok_per_s=summary.total_token_throughput_per_s,
+        goodput_per_s=summary.goodput_per_s if slo is not None else None,
+        slo_attainment=summary.slo_attainment if slo is not None else None,
+        **flat,  # type: ignore[arg-type]
+        mean_scheduling_lag_ms=lag_d["mean"],
+        p99_scheduling_lag_ms=lag_d["p99"],
+        percentiles_ms={k: {f"p{q:g}": dists[k][f"p{q:g}"] for q in qs} for k in percentile_metrics},
+        gpu_energy_j=m.gpu_energy_j if m is not None else None,
+        cpu_energy_j=m.cpu_energy_j if m is not None else None,
+        energy_j=energy,
+        energy_per_request_j=energy / n_done if energy is not None and n_done else None,
+        energy_per_output_token_j=summary.energy_per_output_token_j,
+        goodput_per_joule=good / energy if good is not None and energy else None,
+    )
