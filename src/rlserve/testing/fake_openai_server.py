@@ -14,7 +14,9 @@ HTTP surface those components touch:
 
 Timing: the first token is sent ``ttft_delay_s`` after the request is admitted, then one token every
 ``inter_token_delay_s``. Each response carries the header ``x-fake-received-unix-s`` (server wall clock when the
-request arrived) so a client on the same host can split its measured TTFT into scheduling lag and server time.
+request arrived). The server also keeps its own view of every streamed request's TTFT (handler entry to the
+first chunk handed to the socket): ``GET /fake/timings`` returns ``{"server_ttft_s": [...]}`` and
+``DELETE /fake/timings`` clears it, so a client benchmark can subtract what the server itself spent.
 
 Run it in-process (``async with FakeOpenAIServer(...)``, or :func:`serve_in_thread` from synchronous code) or as
 ``python -m rlserve.testing.fake_openai_server --port P``. Fault injection for tests: ``metrics_mode``
@@ -98,6 +100,7 @@ class FakeOpenAIServer:
         self.host = host
         self.port = port
         self.counters = _Counters()
+        self.server_ttft_s: list[float] = []
         self._runner: web.AppRunner | None = None
         self._admission: asyncio.Semaphore | None = None
         self._admission_size = 0
@@ -117,6 +120,8 @@ class FakeOpenAIServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/fake/timings", self._timings)
+        app.router.add_delete("/fake/timings", self._timings)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
@@ -143,6 +148,11 @@ class FakeOpenAIServer:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
+    async def _timings(self, request: web.Request) -> web.Response:
+        if request.method == "DELETE":
+            self.server_ttft_s.clear()
+        return web.json_response({"server_ttft_s": self.server_ttft_s})
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.config.model, "object": "model"}]})
 
@@ -154,7 +164,7 @@ class FakeOpenAIServer:
         return self._admission
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        received_unix_s = time.time()
+        received_unix_s, received_s = time.time(), time.monotonic()
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -181,7 +191,7 @@ class FakeOpenAIServer:
                 blocks = self._grow(0, n_in)
                 headers = {"x-fake-received-unix-s": f"{received_unix_s:.6f}"}
                 if body.get("stream"):
-                    return await self._stream(request, body, chat, n_in, n_out, headers, blocks)
+                    return await self._stream(request, body, chat, n_in, n_out, headers, blocks, received_s)
                 if cfg.ttft_delay_s > 0:
                     await asyncio.sleep(cfg.ttft_delay_s)
                 if cfg.inter_token_delay_s > 0 and n_out > 1:
@@ -210,7 +220,7 @@ class FakeOpenAIServer:
         return need
 
     async def _stream(self, request: web.Request, body: dict[str, Any], chat: bool, n_in: int, n_out: int,
-                      headers: dict[str, str], blocks: int) -> web.StreamResponse:
+                      headers: dict[str, str], blocks: int, received_s: float) -> web.StreamResponse:
         cfg = self.config
         c = self.counters
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -241,6 +251,8 @@ class FakeOpenAIServer:
                 held = self._grow(held, n_in + i + 1)
                 c.generation_tokens += 1
                 await resp.write(chunk(FAKE_TOKEN, "length" if i == n_out - 1 else None, first=i == 0))
+                if i == 0:
+                    self.server_ttft_s.append(time.monotonic() - received_s)
             if include_usage:
                 usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
                 payload = {"id": "cmpl-fake", "object": obj, "created": created, "model": cfg.model,
