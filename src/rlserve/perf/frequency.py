@@ -7,9 +7,9 @@
   (~1.3% lower at 60% clock, ~43% lower at the H100/H200 minimum of 345 MHz).
 - Dynamic power follows ``P ∝ f V(f)^2`` with a voltage floor below ``VOLTAGE_KNEE`` of the max clock and a
   linear rise to the max voltage above it.
-- Memory-active power has a clock-independent half (HBM, PHY) and a half that scales like the SMs issuing the
-  loads; this split reproduces the ~30% decode-energy saving that clock locking gives on an H200 at a small
-  throughput loss (Ma et al. 2026).
+- Memory-active power has a half proportional to the achieved bandwidth (HBM, PHY: constant energy per byte)
+  and a half that scales like the SMs issuing the loads; this split reproduces the ~30% decode-energy saving
+  that clock locking gives on an H200 at a small throughput loss (Ma et al. 2026).
 
 Sources and the reasoning behind every constant: docs/perf_model.md.
 """
@@ -24,7 +24,7 @@ VOLTAGE_FLOOR = 0.65  # V_min / V_max
 VOLTAGE_KNEE = 0.45  # clock fraction below which the voltage stays at its floor
 MEM_KNEE = 0.3  # clock fraction where the SMs start to limit achievable bandwidth
 MEM_KNEE_SHARPNESS = 4.0
-MEM_POWER_FIXED_SHARE = 0.5  # share of memory-active power that does not scale with the SM clock
+MEM_POWER_FIXED_SHARE = 0.5  # share of memory-active power set by bytes moved (HBM), not by the SM clock
 GEMM_MEM_ACTIVITY = 0.1  # fraction of a long GEMM's time the memory system is busy (prefill-shaped work)
 
 
@@ -57,9 +57,13 @@ def awake_power_w(gpu: GpuSpec, x: float) -> float:
 
 
 def dyn_mem_power_w(gpu: GpuSpec, x: float) -> float:
-    """Extra power of one GPU while its memory system streams at the achievable bandwidth."""
+    """Extra power of one GPU while its memory system streams at the bandwidth achievable at clock fraction x.
+
+    The HBM/PHY share is proportional to the achieved bandwidth (a fixed energy per byte); the rest is the SMs
+    and caches issuing the loads, which scale like other logic with ``x V(x)^2``.
+    """
     share = MEM_POWER_FIXED_SHARE
-    return gpu.calibration.dyn_mem_power_w * (share + (1.0 - share) * clock_power_factor(x))
+    return gpu.calibration.dyn_mem_power_w * (share * mem_bandwidth_scale(x) + (1.0 - share) * clock_power_factor(x))
 
 
 def sustained_compute_fraction(gpu: GpuSpec) -> float:

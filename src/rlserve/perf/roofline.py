@@ -103,18 +103,20 @@ class ReplicaPerfModel:
         g, cal, tp = self.gpu, self.gpu.calibration, self.tp
         x = self._clock / g.sm_clock_max_mhz
         xc = min(x, fq.sustained_compute_fraction(g))
-        bw = g.mem_bandwidth_gbps * 1e9 * fq.mem_bandwidth_scale(x)
+        mem_scale = fq.mem_bandwidth_scale(x)
+        bw = g.mem_bandwidth_gbps * 1e9 * mem_scale
         r_lin = g.peak_tflops * 1e12 * cal.eff_compute_linear * xc
         r_att = g.peak_tflops * 1e12 * cal.eff_compute_attn * xc
         bw_lin, bw_att, bw_el = bw * cal.eff_mem_linear, bw * cal.eff_mem_attn, bw * cal.eff_mem_elementwise
         # powers are affine in the clock power factor c = x V(x)^2 of the clock a part runs at (all TP GPUs)
         self._x, self._xc = x, xc
-        self._c_x = fq.clock_power_factor(x)
-        awake_dyn = (cal.awake_power_w - g.idle_power_w) * tp
-        self._pa0, self._pa1 = g.idle_power_w * tp, awake_dyn
+        self._pa0, self._pa1 = g.idle_power_w * tp, (cal.awake_power_w - g.idle_power_w) * tp
         self._pc1 = fq.dyn_compute_power_max_w(g) * tp
         share = fq.MEM_POWER_FIXED_SHARE
-        self._pm0, self._pm1 = cal.dyn_mem_power_w * share * tp, cal.dyn_mem_power_w * (1.0 - share) * tp
+        self._pm0 = cal.dyn_mem_power_w * share * mem_scale * tp
+        self._pm1 = cal.dyn_mem_power_w * (1.0 - share) * tp
+        self._p_at_x = self._powers(fq.clock_power_factor(x))  # memory-bound parts run at the set clock
+        self._p_at_xc = self._powers(fq.clock_power_factor(xc))  # compute-bound parts at the sustained one
         self._lin_c, self._lin_w, self._lin_a = (self._lin_flops_tok / r_lin, self._lin_weight_bytes / bw_lin,
                                                  self._lin_act_bytes_tok / bw_lin)
         self._lm_c, self._lm_w, self._lm_a = (self._lm_flops_seq / r_lin, self._lm_weight_bytes / bw_lin,
@@ -136,6 +138,10 @@ class ReplicaPerfModel:
         n = CAPABILITY_PREFILL_TOKENS
         self.prefill_tokens_per_s = n / self.step_cost([(n, 0)], 0, 0)[0]
 
+    def _powers(self, c: float) -> tuple[float, float, float]:
+        """(awake, compute, memory) watts of the replica at clock power factor ``c``."""
+        return self._pa0 + self._pa1 * c, self._pc1 * c, self._pm0 + self._pm1 * c
+
     def _energy(self, t: float, t_compute: float, t_mem: float) -> float:
         """Joules of a part that takes ``t`` s, with ``t_compute`` s of tensor-core work at the compute clock
         ``min(x, x_sustained)`` and ``t_mem`` s of memory streaming.
@@ -147,17 +153,23 @@ class ReplicaPerfModel:
         """
         x, xc = self._x, self._xc
         if t_compute <= 0.0 or x <= xc:
-            c = self._c_x
-            tc = t_compute
-        else:
+            pa, pc, pm = self._p_at_x
+        elif t_compute >= t:
+            pa, pc, pm = self._p_at_xc
+        else:  # _powers(c) inlined: this branch is hot for memory-bound GEMMs above the sustained clock
             r = t_compute / t
             xe = x - (x - xc) * r * r
             c = fq.clock_power_factor(xe)
-            tc = t_compute * xc / xe
-        return (self._pa0 + self._pa1 * c) * t + self._pc1 * c * tc + (self._pm0 + self._pm1 * c) * t_mem
+            t_compute *= xc / xe
+            return self._pa0 * t + self._pm0 * t_mem + c * (self._pa1 * t + self._pc1 * t_compute + self._pm1 * t_mem)
+        return pa * t + pc * t_compute + pm * t_mem
 
     def _parts(self, tokens: int, seqs: int) -> tuple[tuple[str, float, float, float], ...]:
-        """(name, time, compute-busy time, memory-busy time) of every part that does not depend on S."""
+        """(name, time, compute-busy time, memory-busy time) of every part that does not depend on S.
+
+        The reference for :meth:`breakdown`; :meth:`_fixed_cost` is the same arithmetic inlined for speed
+        (tests/perf checks that breakdowns add up to step_cost).
+        """
         lin_c, lin_m = tokens * self._lin_c, self._lin_w + tokens * self._lin_a
         lm_c, lm_m = seqs * self._lm_c, self._lm_w + seqs * self._lm_a
         el = tokens * self._el
@@ -167,9 +179,23 @@ class ReplicaPerfModel:
                 ("elementwise", el, 0.0, el), ("allreduce", self._ar0 + ar_m, 0.0, ar_m),
                 ("overhead", fixed, 0.0, 0.0))
 
+    def _fixed_cost(self, tokens: int, seqs: int) -> tuple[float, float]:
+        """(seconds, joules) of all parts that do not depend on S: :meth:`_parts`, summed, without the calls."""
+        energy = self._energy
+        tc, tm = tokens * self._lin_c, self._lin_w + tokens * self._lin_a
+        t_lin = tc if tc > tm else tm
+        e = energy(t_lin, tc, tm)
+        tc, tm = seqs * self._lm_c, self._lm_w + seqs * self._lm_a
+        t_lm = tc if tc > tm else tm
+        e += energy(t_lm, tc, tm)
+        streaming = tokens * (self._el + self._ar1)  # elementwise kernels + all-reduce transfers
+        waiting = self._ar0 + self._fixed + seqs * self.per_seq_overhead_s  # all-reduce latency + overheads
+        pa, _, pm = self._p_at_x
+        return t_lin + t_lm + streaming + waiting, e + (pa + pm) * streaming + pa * waiting
+
     def _prefill_attention(self, new_tokens: int, cached: int) -> tuple[float, float, float]:
-        """(time, compute time, memory time) of causal attention for one prefill chunk."""
-        pairs = new_tokens * cached + new_tokens * (new_tokens + 1) / 2
+        """(time, compute time, memory time) of causal attention for one prefill chunk (inlined in step_cost)."""
+        pairs = new_tokens * cached + new_tokens * (new_tokens + 1) * 0.5
         tc = pairs * self._ap_c
         tm = (cached + new_tokens) * self._ap_kv + new_tokens * self._ap_qo
         return max(tc, tm), tc, tm
@@ -199,10 +225,7 @@ class ReplicaPerfModel:
         if c is None:
             if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
                 raise InputError(f"decode batch size must be a positive integer, got {batch_size!r}")
-            t0 = e0 = 0.0
-            for _, t, tc, tm in self._parts(batch_size, batch_size):
-                t0 += t
-                e0 += self._energy(t, tc, tm)
+            t0, e0 = self._fixed_cost(batch_size, batch_size)
             c = self._decode_cache[batch_size] = (t0, self._t1, e0, self._e1)
         return c
 
@@ -216,14 +239,17 @@ class ReplicaPerfModel:
         t = self._t1 * decode_context_sum
         e = self._e1 * decode_context_sum
         tokens = num_decode
-        for n, c in prefill:
+        ap_c, ap_kv, ap_qo, energy = self._ap_c, self._ap_kv, self._ap_qo, self._energy
+        for n, c in prefill:  # causal attention of each chunk: see _prefill_attention
             tokens += n
-            ta, tc, tm = self._prefill_attention(n, c)
+            tc = (n * c + n * (n + 1) * 0.5) * ap_c
+            tm = (c + n) * ap_kv + n * ap_qo
+            ta = tc if tc > tm else tm
             t += ta
-            e += self._energy(ta, tc, tm)
-        for _, tp_, tc, tm in self._parts(tokens, num_decode + len(prefill)):
-            t += tp_
-            e += self._energy(tp_, tc, tm)
+            e += energy(ta, tc, tm)
+        tf, ef = self._fixed_cost(tokens, num_decode + len(prefill))
+        t += tf
+        e += ef
         return t, min(e, self.max_power_w * t)
 
     # ------------------------------------------------------------------------------------------ inspection
