@@ -1,0 +1,134 @@
+"""Heuristic routers: the baselines every learned router is judged against.
+
+All share one rule: ties are broken uniformly at random with the router's own seeded generator, never towards
+the lowest replica id (which would silently overload replica 0 at low load).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlserve.policies.base import fair_argmin, register_router
+from rlserve.snapshot import ClusterSnapshot
+from rlserve.workload.request import Request
+
+
+class _Seeded:
+    """Base for routers that need randomness: a private generator, re-seeded by :meth:`reset`."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Re-seed the router's generator."""
+        self.rng = np.random.default_rng(seed)
+
+
+@register_router("random")
+class RandomRouter(_Seeded):
+    """Uniformly random replica."""
+
+    name = "random"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Pick any replica with equal probability."""
+        return int(self.rng.integers(snapshot.num_replicas))
+
+
+@register_router("round_robin")
+class RoundRobinRouter:
+    """Replicas in turn, starting from 0 (the default of Vidur and most proxies)."""
+
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start again from replica 0."""
+        self._next = 0
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """The next replica in turn."""
+        r = self._next % snapshot.num_replicas
+        self._next = r + 1
+        return r
+
+
+@register_router("least_outstanding")
+class LeastOutstandingRouter(_Seeded):
+    """Fewest unfinished requests (waiting + running): llm-d / production-stack "least request"."""
+
+    name = "least_outstanding"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the fewest outstanding requests."""
+        return fair_argmin([r.num_waiting + r.num_running for r in snapshot.replicas], self.rng)
+
+
+@register_router("join_shortest_queue")
+class JoinShortestQueueRouter(_Seeded):
+    """Fewest waiting (not yet scheduled) requests; ties by fewest running, then at random."""
+
+    name = "join_shortest_queue"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the shortest waiting queue."""
+        reps = snapshot.replicas
+        return fair_argmin([r.num_waiting * 1_000_000 + r.num_running for r in reps], self.rng)
+
+
+@register_router("least_kv")
+class LeastKvRouter(_Seeded):
+    """Lowest KV-cache usage fraction (vLLM ``kv_cache_usage_perc``), as KV-aware routers do."""
+
+    name = "least_kv"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the most free KV cache relative to its size."""
+        return fair_argmin([r.kv_blocks_used / r.kv_blocks_total for r in snapshot.replicas], self.rng)
+
+
+@register_router("power_of_two")
+class PowerOfTwoRouter(_Seeded):
+    """Two distinct replicas sampled at random; the one with fewer outstanding requests wins."""
+
+    name = "power_of_two"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Best of two random choices by outstanding requests."""
+        n = snapshot.num_replicas
+        if n == 1:
+            return 0
+        a, b = (int(x) for x in self.rng.choice(n, size=2, replace=False))
+        reps = snapshot.replicas
+        la, lb = reps[a].outstanding, reps[b].outstanding
+        if la == lb:
+            return a if self.rng.random() < 0.5 else b
+        return a if la < lb else b
+
+
+@register_router("least_expected_latency")
+class LeastExpectedLatencyRouter(_Seeded):
+    """Smallest estimated completion time of this request, from each replica's backlog and speed.
+
+    The estimate (seconds) is the replica's queued prefill work plus this prompt at its prefill speed, plus
+    its queued decode work shared over the batch and this request's own decode at its single-sequence speed
+    slowed by batch contention. It is what a capability-aware operator would compute from the perf model; it
+    knows nothing a proxy could not know (the proxy sees ``max_tokens`` instead of the true output length).
+    """
+
+    name = "least_expected_latency"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the lowest estimated completion time for ``request``."""
+        scores = []
+        for r in snapshot.replicas:
+            batch = max(1, min(r.num_running + r.num_waiting + 1, r.concurrency_cap))
+            prefill_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
+            backlog_s = r.pending_decode_tokens / (r.decode_tokens_per_s * batch)
+            own_s = request.output_tokens * (1 + 0.02 * batch) / r.decode_tokens_per_s
+            scores.append(prefill_s + backlog_s + own_s)
+        return fair_argmin(scores, self.rng)
