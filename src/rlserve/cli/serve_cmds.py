@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def serve(
     metrics_interval_s: float = typer.Option(1.0, help="Period of the replicas' /metrics scrape (0 = off)."),
     queue_k: int = typer.Option(0, help="Requests per replica listed in the snapshot's queue view."),
     seed: int = typer.Option(0, help="Seed of the router's tie-breaking."),
+    event_loop: str = typer.Option("auto", help="auto (uvloop when installed), asyncio or uvloop."),
     log_level: str = typer.Option("warning", help="Python log level (debug, info, warning, error)."),
 ) -> None:
     """Run an OpenAI-compatible proxy that routes every request with an rlserve policy."""
@@ -51,7 +53,8 @@ def serve(
 
     def started(proxy: RouterProxy) -> None:
         up = sum(b.healthy for b in proxy.books)
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         console.print(f"rlserve proxy on [bold]{proxy.url}[/] (router {proxy.router.name}, {up}/{len(proxy.books)} "
-                      "replicas up); Ctrl-C to stop", highlight=False)
+                      f"replicas up, {loop} event loop); Ctrl-C to stop", highlight=False)
 
-    run_proxy(config, on_started=started)
+    run_proxy(config, on_started=started, event_loop=event_loop)

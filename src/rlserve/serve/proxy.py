@@ -37,6 +37,7 @@ from dataclasses import asdict
 from typing import Any, NoReturn
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -196,8 +197,14 @@ class RouterProxy:
 
     # --- routing ------------------------------------------------------------------------------------------------
 
-    def _decide(self, request: Request) -> int:
-        """Ask the router; time it; validate its answer."""
+    def decide(self, request: Request) -> int:
+        """The replica the router picks for ``request`` now; the time taken goes to the decision histogram.
+
+        The snapshot's replica states are built only if the router reads them.
+
+        Raises:
+            ProxyError: 500 when the router raises or answers something that is not a replica index.
+        """
         t0 = time.perf_counter()
         now = request.arrival_s
         books, k = self.books, self.config.queue_k
@@ -210,10 +217,10 @@ class RouterProxy:
             raise ProxyError(500, "router_failed", f"router {self.router.name} raised {type(exc).__name__}: "
                              f"{exc}") from exc
         self._observe_decision(time.perf_counter() - t0)
-        if isinstance(choice, bool) or not 0 <= choice < len(books):
-            raise ProxyError(500, "router_failed", f"router {self.router.name} chose replica {choice!r}, not an "
-                             f"index in [0, {len(books) - 1}]")
-        return int(choice)
+        if isinstance(choice, int | np.integer) and not isinstance(choice, bool) and 0 <= choice < len(books):
+            return int(choice)
+        raise ProxyError(500, "router_failed", f"router {self.router.name} chose replica {choice!r}, not an index "
+                         f"in [0, {len(books) - 1}]")
 
     def _fallback(self, tried: set[int]) -> int | None:
         """The untried replica to use instead: healthy ones first, then by fewest outstanding requests."""
@@ -259,7 +266,7 @@ class RouterProxy:
         rid = self.arrivals_total
         arrival_s = self.now_s()
         req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-        replica = self._decide(req)
+        replica = self.decide(req)
         self.arrivals_total += 1
         if not self.books[replica].healthy:
             replica = self._fallback({replica}) if self._any_healthy() else replica
