@@ -20,7 +20,8 @@ first chunk handed to the socket): ``GET /fake/timings`` returns ``{"server_ttft
 
 Run it in-process (``async with FakeOpenAIServer(...)``, or :func:`serve_in_thread` from synchronous code) or as
 ``python -m rlserve.testing.fake_openai_server --port P``. Fault injection for tests: ``metrics_mode``
-(``"ok"``, ``"garbage"``, ``"error"``) and ``metrics_delay_s`` may be changed on the live ``config``.
+(``"ok"``, ``"garbage"``, ``"error"``), ``metrics_delay_s`` and ``completions_status`` may be changed on the live
+``config``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class FakeServerConfig:
     """``ok``; ``garbage`` (200 with unparsable text); ``error`` (HTTP 500)."""
     metrics_delay_s: float = 0.0
     """Delay before answering ``/metrics`` (a slow server)."""
+    completions_status: int = 200
+    """Answer every completion request with this HTTP status (an OpenAI-style error body unless 200)."""
 
 
 @dataclass
@@ -172,6 +175,9 @@ class FakeOpenAIServer:
         if not isinstance(body, dict):
             return web.json_response({"error": {"message": "body must be a JSON object"}}, status=400)
         cfg = self.config
+        if cfg.completions_status != 200:
+            return web.json_response({"error": {"message": "injected failure", "code": cfg.completions_status}},
+                                     status=cfg.completions_status)
         chat = request.path.endswith("/chat/completions")
         n_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or cfg.tokens_per_response)
         if not cfg.honour_max_tokens:
