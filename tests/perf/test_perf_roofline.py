@@ -253,3 +253,12 @@ def test_construction_needs_no_files_or_training_data(monkeypatch):
     for g, m, tp in VALID:
         p = perf(g, m, tp)
         assert p.decode_tokens_per_s > 0 and p.prefill_tokens_per_s > 0
+
+
+def test_numpy_integers_are_accepted_and_results_stay_plain_floats():
+    import numpy as np
+
+    p = ReplicaPerfModel(get_gpu("h200"), get_model("llama-2-7b"), tp=np.int64(1))
+    assert all(type(v) is float for v in p.decode_coeffs(np.int64(7)))
+    assert all(type(v) is float for v in p.step_cost([], np.int64(7), 7000))
+    assert p.kv_capacity_blocks(np.int64(16)) == p.kv_capacity_blocks(16)

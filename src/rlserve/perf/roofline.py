@@ -23,6 +23,8 @@ clock are folded into per-token coefficients once per clock change; hot methods 
 
 from __future__ import annotations
 
+import operator
+
 from rlserve.errors import ConfigError, InputError
 from rlserve.perf import frequency as fq
 from rlserve.perf.gpus import GpuSpec
@@ -37,6 +39,17 @@ CAPABILITY_DECODE_CONTEXT = 1024
 CAPABILITY_PREFILL_TOKENS = 2048
 
 
+def _positive_int(value: object, what: str, error: type[Exception]) -> int:
+    """``value`` as a plain int (numpy integers welcome); ``error`` unless it is an integer >= 1."""
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        n = 0
+    if isinstance(value, bool) or n < 1:
+        raise error(f"{what} must be a positive integer, got {value!r}")
+    return n
+
+
 class ReplicaPerfModel:
     """Time and energy of vLLM iterations for one model on ``tp`` GPUs of one kind at a settable SM clock.
 
@@ -48,8 +61,7 @@ class ReplicaPerfModel:
     def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int = 1, sm_clock_mhz: float | None = None, *,
                  iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
                  per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S) -> None:
-        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-            raise ConfigError(f"tensor parallel degree must be a positive integer, got {tp!r}")
+        tp = _positive_int(tp, "tensor parallel degree", ConfigError)
         if model.num_heads % tp:
             raise ConfigError(f"{model.name}: {model.num_heads} attention heads cannot be split over tp={tp}; "
                               "use a tp that divides them")
@@ -223,9 +235,8 @@ class ReplicaPerfModel:
         takes ``t0 + t1 S`` seconds and ``e0 + e1 S`` joules (all GPUs of the replica, idle power included)."""
         c = self._decode_cache.get(batch_size)
         if c is None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-                raise InputError(f"decode batch size must be a positive integer, got {batch_size!r}")
-            t0, e0 = self._fixed_cost(batch_size, batch_size)
+            b = _positive_int(batch_size, "decode batch size", InputError)  # plain int: results stay floats
+            t0, e0 = self._fixed_cost(b, b)
             c = self._decode_cache[batch_size] = (t0, self._t1, e0, self._e1)
         return c
 
@@ -276,8 +287,7 @@ class ReplicaPerfModel:
                            max_num_batched_tokens: int = 8192) -> int:
         """KV-cache blocks vLLM would allocate: memory x utilisation minus weights, the activation peak of a
         ``max_num_batched_tokens`` profiling pass and non-torch memory, divided by the bytes of one block."""
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
+        block_size = _positive_int(block_size, "block_size", ConfigError)
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         m, tp = self.model, self.tp
