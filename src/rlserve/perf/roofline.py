@@ -15,10 +15,13 @@ all-reduce (tp>1)   (none)                                     2 per layer: late
 overhead            fixed per layer (small-kernel gaps) + CPU scheduling per iteration and per sequence
 ==================  =========================================  ==============================================
 
-Energy of a part = ``P_awake t + P_compute t_compute + P_mem t_memory``, capped at the board limit x t, so a
-decode-only iteration is exactly ``t0 + t1 S`` seconds and ``e0 + e1 S`` joules (the only S-dependent part is
-decode attention, whose compute and memory times are both proportional to S). Rates and powers at the current
-clock are folded into per-token coefficients once per clock change; hot methods are a few float operations.
+Energy of a part = ``P_awake t + P_compute t_compute + P_mem t_memory`` (powers at the clock the part runs at,
+see :meth:`ReplicaPerfModel._energy`), so a decode-only iteration is exactly ``t0 + t1 S`` seconds and
+``e0 + e1 S`` joules: the only S-dependent part is decode attention, whose compute and memory times are both
+proportional to S. Iterations with prefill are capped at the board limit x time in total (a decode-only one
+is not: a cap on its average would not be linear in S; docs/perf_model.md shows why that is also closer to the
+measurements). Rates and powers at the current clock are folded into per-token coefficients once per clock
+change; hot methods are a few float operations.
 """
 
 from __future__ import annotations
