@@ -143,13 +143,14 @@ class ClusterSimulator:
         end = n if until_s is None else int(np.searchsorted(self.workload.arrival_s, until_s, side="left"))
         replicas = self.replicas
         num = self.num_replicas
-        workload = self.workload
+        table = self.table
+        prompt, output, prefix_id, prefix_tokens = table.prompt, table.output, table.prefix_id, table.prefix_tokens
         select = router.select
         for i in range(self._next, max(end, self._next)):
             t = arrival[i]
             self.now = t
             self._next = i
-            r = select(workload.request(i), self.snapshot())
+            r = select(Request(i, t, prompt[i], output[i], prefix_id[i], prefix_tokens[i]), self.snapshot())
             if not 0 <= r < num:
                 raise ConfigError(f"router {getattr(router, 'name', router)!r} chose replica {r}, "
                                   f"outside [0, {num})")

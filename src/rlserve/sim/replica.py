@@ -260,59 +260,71 @@ class Replica:
 
     # ------------------------------------------------------------------ completing work
     def _complete(self, end: float) -> None:
-        t = self.t
+        """Apply the effects of the iteration (or decode run) that ends at ``end``."""
         dur = end - self.cur_start
+        energy = self.cur_energy
         self.busy_s += dur
-        self.energy_j += self.cur_energy
-        self.last_power_w = self.cur_energy / dur if dur > 0 else self.perf.idle_power_w
+        self.energy_j += energy
+        if dur > 0:
+            self.last_power_w = energy / dur
         used_before = self.used
         k = self.cur_k
         chunks = self.cur_chunks
         if k:
-            chunk_tokens = sum(n for _, n in chunks)
-            dec_energy = self.cur_energy * (self.B / (self.B + chunk_tokens)) if chunk_tokens else self.cur_energy
+            B = self.B
+            chunk_tokens = sum([n for _, n in chunks]) if chunks else 0
+            dec_energy = energy * B / (B + chunk_tokens) if chunk_tokens else energy
             self.used += self._crossings(k)
-            self.steps += k
-            self.S += self.B * k
-            self.eps += dec_energy / self.B
-            self.generated += self.B * k
-            self.pending_decode -= self.B * k
+            steps = self.steps = self.steps + k
+            self.S += B * k
+            self.eps += dec_energy / B
+            self.generated += B * k
+            self.pending_decode -= B * k
             heap = self.heap
-            while heap and heap[0][0] <= self.steps:
-                _, rid, inc = heapq.heappop(heap)
-                if inc == t.incarnation[rid] and rid in self.decoding:
-                    self._leave_decode(rid)
-                    self._finish(rid, end)
-            chunk_energy = self.cur_energy - dec_energy
+            if heap[0][0] <= steps:
+                incarnation = self.t.incarnation
+                decoding = self.decoding
+                while heap and heap[0][0] <= steps:
+                    _, rid, inc = heapq.heappop(heap)
+                    if inc == incarnation[rid] and rid in decoding:
+                        self._leave_decode(rid)
+                        self._finish(rid, end)
+            if chunks:
+                self._complete_chunks(end, chunks, energy - dec_energy)
         else:
-            chunk_tokens = sum(n for _, n in chunks)
-            chunk_energy = self.cur_energy
-        for rid, n in chunks:
-            t.energy[rid] += chunk_energy * n / chunk_tokens
-            t.ctx[rid] += n
-            t.need[rid] -= n
-            self.pending_prefill -= n
-            if t.need[rid] == 0:
-                del self.prefilling[rid]
-                if self.prefix_caching and t.prefix_id[rid] >= 0 and not t.shared[rid]:
-                    self._register_prefix(rid)
-                t.gen[rid] += 1
-                self.generated += 1
-                self.pending_decode -= 1
-                if t.first_token[rid] != t.first_token[rid]:  # NaN: first token of this request
-                    t.first_token[rid] = end
-                    ttft = end - t.arrival[rid]
-                    self.first_tokens += 1
-                    self.recent_ttft += (ttft - self.recent_ttft) * (1.0 if self.first_tokens == 1 else _EWMA_ALPHA)
-                if t.gen[rid] >= t.output[rid]:
-                    self._release(rid, t.ctx[rid])
-                    self._finish(rid, end)
-                else:
-                    self._join_decode(rid)
-        self.kv_block_seconds += (used_before + self.used) / 2 * dur
+            self._complete_chunks(end, chunks, energy)
+        self.kv_block_seconds += (used_before + self.used) * 0.5 * dur
         self.cur_chunks = []
         self.cur_k = 0
         self.busy_until = INF
+
+    def _complete_chunks(self, end: float, chunks: list[tuple[int, int]], energy: float) -> None:
+        """Prefill chunks done: a request whose prompt is complete samples a token and joins the decode group."""
+        t = self.t
+        tokens = sum([n for _, n in chunks])
+        for rid, n in chunks:
+            t.energy[rid] += energy * n / tokens
+            t.ctx[rid] += n
+            need = t.need[rid] = t.need[rid] - n
+            self.pending_prefill -= n
+            if need:
+                continue
+            del self.prefilling[rid]
+            if self.prefix_caching and t.prefix_id[rid] >= 0 and not t.shared[rid]:
+                self._register_prefix(rid)
+            gen = t.gen[rid] = t.gen[rid] + 1
+            self.generated += 1
+            self.pending_decode -= 1
+            if t.first_token[rid] != t.first_token[rid]:  # NaN: first token of this request
+                t.first_token[rid] = end
+                self.first_tokens += 1
+                ttft = end - t.arrival[rid]
+                self.recent_ttft += (ttft - self.recent_ttft) * (1.0 if self.first_tokens == 1 else _EWMA_ALPHA)
+            if gen >= t.output[rid]:
+                self._release(rid, t.ctx[rid])
+                self._finish(rid, end)
+            else:
+                self._join_decode(rid)
 
     def _finish(self, rid: int, end: float) -> None:
         t = self.t
@@ -452,22 +464,33 @@ class Replica:
             self.idle_since = now
 
     def _plan_decode_run(self, now: float) -> None:
-        while self._crossings(1) > self.total_blocks - self.used:
-            self._preempt(self._victim())
-            if not self.B:
-                self._plan(now)  # everything was preempted: re-admit from the waiting queue
-                return
-        self._make_room(self._crossings(1))
-        k = 1
-        if not self.exact_steps:
+        free = self.total_blocks - self.used
+        if self.cnt[self.steps % self.bs] > free:  # the next step itself needs more blocks than are free
+            while self._crossings(1) > self.total_blocks - self.used:
+                self._preempt(self._victim())
+                if not self.B:
+                    self._plan(now)  # everything was preempted: re-admit from the waiting queue
+                    return
+            free = self.total_blocks - self.used
+        B = self.B
+        if self.exact_steps:
+            k = 1
+        else:
             heap, t = self.heap, self.t
             while heap[0][2] != t.incarnation[heap[0][1]] or heap[0][1] not in self.decoding:
                 heapq.heappop(heap)  # stale entry of a preempted incarnation
-            k = min(heap[0][0] - self.steps, self._steps_until_full(self.total_blocks - self.used))
+            k = heap[0][0] - self.steps
+            if (free // B) * self.bs < k:  # blocks may run out before the next completion
+                k = min(k, self._steps_until_full(free))
+        if self.cached_blocks:
             self._make_room(self._crossings(k))
-        self.cur_start, self.cur_chunks = now, []
-        self.cur_coeffs = self.perf.decode_coeffs(self.B)
-        self._set_run(now, k)
+        t0, t1, e0, e1 = self.cur_coeffs = self.perf.decode_coeffs(B)
+        ctx = k * self.S + B * k * (k - 1) * 0.5
+        self.cur_start = now
+        self.cur_chunks = []
+        self.cur_k = k
+        self.busy_until = now + k * t0 + t1 * ctx
+        self.cur_energy = k * e0 + e1 * ctx
 
     def _admit_first(self, rid: int, now: float) -> None:
         t = self.t

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from rlserve.errors import InputError
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """One inference request as the router sees it when it arrives.
 
     ``output_tokens`` is the number of tokens the request will generate. The simulator knows it exactly; in the
     real world it is the request's ``max_tokens`` (an upper bound), which is what a proxy can see.
     ``prefix_id`` groups requests that share their first ``prefix_tokens`` prompt tokens (a system prompt, a
     conversation history); the simulator's prefix cache uses it. ``-1`` means no shared prefix.
+    A NamedTuple rather than a dataclass: one is built per routing decision, and tuples build ~4x faster.
     """
 
     id: int
