@@ -5,6 +5,8 @@ Each ``*_cmds`` module owns one group of verbs and registers them here on import
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 
@@ -20,5 +22,6 @@ evaluate_app = typer.Typer(help="Evaluate a trained policy against the baselines
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 
-console = Console()
+# Tables are wide; when output goes to a file or pipe (no terminal width to respect), do not wrap them at 80.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)

@@ -112,23 +112,24 @@ class PowerOfTwoRouter(_Seeded):
 
 @register_router("least_expected_latency")
 class LeastExpectedLatencyRouter(_Seeded):
-    """Smallest estimated completion time of this request, from each replica's backlog and speed.
+    """Smallest estimated end-to-end latency of this request, from each replica's backlog and speed.
 
-    The estimate (seconds) is the replica's queued prefill work plus this prompt at its prefill speed, plus
-    its queued decode work shared over the batch and this request's own decode at its single-sequence speed
-    slowed by batch contention. It is what a capability-aware operator would compute from the perf model; it
-    knows nothing a proxy could not know (the proxy sees ``max_tokens`` instead of the true output length).
+    Estimate (seconds) = prefill backlog ahead of the request plus its own prompt at the replica's prefill
+    speed, plus its own output at the replica's single-sequence decode speed slowed by the batch it joins
+    (decode iterations get slower as the batch grows; ``BATCH_SLOWDOWN`` sequences double the per-token time,
+    roughly where a 7B model's decode stops being weight-bandwidth bound). It uses only what a proxy also
+    knows (the proxy sees ``max_tokens`` instead of the true output length).
     """
 
     name = "least_expected_latency"
+    BATCH_SLOWDOWN = 32.0
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
-        """Replica with the lowest estimated completion time for ``request``."""
+        """Replica with the lowest estimated latency for ``request``."""
         scores = []
         for r in snapshot.replicas:
-            batch = max(1, min(r.num_running + r.num_waiting + 1, r.concurrency_cap))
             prefill_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
-            backlog_s = r.pending_decode_tokens / (r.decode_tokens_per_s * batch)
-            own_s = request.output_tokens * (1 + 0.02 * batch) / r.decode_tokens_per_s
-            scores.append(prefill_s + backlog_s + own_s)
+            batch = r.num_running + r.num_waiting + 1
+            decode_s = request.output_tokens * (1 + batch / self.BATCH_SLOWDOWN) / r.decode_tokens_per_s
+            scores.append(prefill_s + decode_s)
         return fair_argmin(scores, self.rng)

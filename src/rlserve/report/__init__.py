@@ -1,0 +1,1 @@
+"""Tables, plots and run outputs (matplotlib, Parquet, JSON)."""
