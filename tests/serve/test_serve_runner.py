@@ -62,3 +62,10 @@ def test_rlserve_serve_without_replicas_is_a_one_line_error() -> None:
                          timeout=60)
     assert out.returncode == 2
     assert "error: give at least one replica" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_rlserve_serve_scenario_needs_one_url_per_simulated_replica() -> None:
+    out = subprocess.run([sys.executable, "-m", "rlserve.cli.main", "serve", "--scenario", "heterogeneous",
+                          "--replica", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "has 4 replicas but 1 --replica" in " ".join(out.stderr.split())

@@ -10,7 +10,9 @@ import typer
 
 from rlserve.cli.app import app, console
 from rlserve.errors import ConfigError
+from rlserve.scenario import load_scenario
 from rlserve.serve import ProxyConfig, ReplicaSpec, RouterProxy, load_replicas_file, run_proxy
+from rlserve.serve.config import replica_spec_from_sim
 
 
 @app.command()
@@ -19,6 +21,9 @@ def serve(
     replicas_file: Path | None = typer.Option(
         None, help="YAML with 'replicas: [{url: ..., decode_tokens_per_s: ..., max_num_seqs: ...}]' (capabilities "
         "of heterogeneous replicas)."),
+    scenario: str | None = typer.Option(
+        None, help="Scenario name or YAML whose cluster the --replica URLs run, in order: capabilities (speed, "
+        "clock, max_num_seqs) then match what a policy trained on it saw in simulation."),
     router: str = typer.Option("least_outstanding", help="Router registry name (round_robin, least_outstanding, "
                                "least_kv, ...; a wrong name lists them all) or ppo:CHECKPOINT."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback should use --api-key."),
@@ -27,7 +32,8 @@ def serve(
                                        help="Require 'Authorization: Bearer KEY' on /v1/* and /admin/*."),
     upstream_api_key: str | None = typer.Option(None, envvar="RLSERVE_UPSTREAM_API_KEY",
                                                 help="Bearer token the replicas expect (vllm serve --api-key)."),
-    max_num_seqs: int = typer.Option(256, help="The replicas' --max-num-seqs (for --replica URLs)."),
+    max_num_seqs: int | None = typer.Option(None, help="The replicas' --max-num-seqs (for --replica URLs; default "
+                                           "the scenario's, else vLLM's 256)."),
     concurrency_cap: int | None = typer.Option(None, help="Initial per-replica admission cap (default: none)."),
     max_queue_per_replica: int = typer.Option(1024, help="Requests that may wait for a capped replica; then 429."),
     queue_timeout_s: float = typer.Option(30.0, help="Longest wait for an admission slot; then 503."),
@@ -41,7 +47,17 @@ def serve(
 ) -> None:
     """Run an OpenAI-compatible proxy that routes every request with an rlserve policy."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    specs = [ReplicaSpec(url, max_num_seqs=max_num_seqs, concurrency_cap=concurrency_cap) for url in replica or []]
+    urls = replica or []
+    overrides = {k: v for k, v in (("max_num_seqs", max_num_seqs), ("concurrency_cap", concurrency_cap))
+                 if v is not None}
+    if scenario is not None:
+        cluster = load_scenario(scenario).cluster
+        if len(urls) != len(cluster.replicas):
+            raise ConfigError(f"scenario {scenario!r} has {len(cluster.replicas)} replicas but {len(urls)} --replica "
+                              "URLs were given; give one URL per simulated replica, in the scenario's order")
+        specs = [replica_spec_from_sim(url, cfg, **overrides) for url, cfg in zip(urls, cluster.replicas, strict=True)]
+    else:
+        specs = [ReplicaSpec(url, **overrides) for url in urls]
     if replicas_file is not None:
         specs += load_replicas_file(replicas_file)
     if not specs:
