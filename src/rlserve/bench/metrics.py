@@ -156,7 +156,7 @@ def calculate_metrics(run: BenchRun, slo: Slo | None = None,
         total_token_throughput_tok_per_s=summary.total_token_throughput_per_s,
         goodput_per_s=summary.goodput_per_s if slo is not None else None,
         slo_attainment=summary.slo_attainment if slo is not None else None,
-        **flat,  # type: ignore[arg-type]
+        **flat,
         mean_scheduling_lag_ms=lag_d["mean"],
         p99_scheduling_lag_ms=lag_d["p99"],
         percentiles_ms={k: {f"p{q:g}": dists[k][f"p{q:g}"] for q in qs} for k in percentile_metrics},

@@ -164,7 +164,7 @@ def validate_result(data: dict[str, Any]) -> ValidationReport:
             if n == 0:
                 r.problem(f"GPU {gid} power trace is empty")
     elif gpu_info.get("available") is False:
-        r.ok(f"GPU: not measured ({gpu_info.get('reason') or gpu_info.get('unavailable')})")
+        r.ok(f"GPU: not measured ({gpu_info.get('reason')})")
     else:
         r.ok("GPU: not monitored")
     cpu = data.get("cpu_power_stats")

@@ -93,10 +93,11 @@ class GpuMonitor(Monitor[GpuSample]):
     def __init__(self, gpu_ids: Sequence[int], interval_s: float = DEFAULT_GPU_INTERVAL_S,
                  nvml: ModuleType | None = None) -> None:
         super().__init__(interval_s)
-        self._nvml = nvml or _load_pynvml()
-        if self._nvml is None:
+        loaded = nvml or _load_pynvml()
+        if loaded is None:
             raise TelemetryUnavailable(nvml_probe().reason)
-        n = self._nvml
+        self._nvml: ModuleType = loaded
+        n = loaded
         try:
             n.nvmlInit()
             count = int(n.nvmlDeviceGetCount())
@@ -124,7 +125,7 @@ class GpuMonitor(Monitor[GpuSample]):
     def _supported(self, fn: Any, handle: Any) -> bool:
         try:
             fn(handle)
-        except self._nvml.NVMLError:  # type: ignore[union-attr]
+        except self._nvml.NVMLError:
             return False
         return True
 
@@ -135,7 +136,7 @@ class GpuMonitor(Monitor[GpuSample]):
             return None
         try:
             (v,) = n.nvmlDeviceGetFieldValues(handle, [field_id])
-        except n.NVMLError:  # type: ignore[union-attr]
+        except n.NVMLError:
             return None
         if getattr(v, "nvmlReturn", 0) != 0:
             return None
@@ -143,7 +144,6 @@ class GpuMonitor(Monitor[GpuSample]):
 
     def _sample(self, t_s: float) -> GpuSample:
         n = self._nvml
-        assert n is not None  # set in __init__ (internal invariant)
         try:
             power = [n.nvmlDeviceGetPowerUsage(h) / 1000.0 for h in self._handles]
             util = [n.nvmlDeviceGetUtilizationRates(h) for h in self._handles]
@@ -172,7 +172,7 @@ class GpuMonitor(Monitor[GpuSample]):
                         if not ok:
                             self._integrated_j[i] += 0.5 * (p_prev[i] + power_w[i]) * (t_s - t_prev)
                 self._last_power = (t_s, power_w)
-            return [(float(n.nvmlDeviceGetTotalEnergyConsumption(h)) - c0) / 1000.0 if ok else integ  # type: ignore[union-attr]
+            return [(float(n.nvmlDeviceGetTotalEnergyConsumption(h)) - c0) / 1000.0 if ok else integ
                     for h, ok, c0, integ in zip(self._handles, self._has_counter, self._counter0_mj,
                                                 self._integrated_j, strict=True)]
 
@@ -210,7 +210,7 @@ class NullGpuMonitor(Monitor[GpuSample]):
 
     def static_info(self) -> dict[str, Any]:
         """Why there is no GPU data."""
-        return {"unavailable": self.reason}
+        return {"reason": self.reason}
 
 
 def make_gpu_monitor(gpu_ids: Sequence[int] | None = None, interval_s: float = DEFAULT_GPU_INTERVAL_S,
