@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -48,8 +49,8 @@ def serve(
     """Run an OpenAI-compatible proxy that routes every request with an rlserve policy."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     urls = replica or []
-    overrides = {k: v for k, v in (("max_num_seqs", max_num_seqs), ("concurrency_cap", concurrency_cap))
-                 if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("max_num_seqs", max_num_seqs),
+                                                   ("concurrency_cap", concurrency_cap)) if v is not None}
     if scenario is not None:
         cluster = load_scenario(scenario).cluster
         if len(urls) != len(cluster.replicas):

@@ -32,9 +32,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 import numpy as np
@@ -60,6 +60,7 @@ _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "cont
                           "proxy-authenticate", "trailer", "upgrade"})
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 _MAX_BODY_BYTES = 64 * 2**20
+_T = TypeVar("_T")
 
 
 class _AttemptFailed(Exception):
@@ -126,9 +127,7 @@ class RouterProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=4096, reuse_address=True)
         await site.start()
-        server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]  # the bound port (differs from cfg.port when that is 0)
         log.info("rlserve proxy on %s routing with %s over %d replicas", self.url, self.router.name, len(self.books))
 
     async def stop(self) -> None:
@@ -156,11 +155,27 @@ class RouterProxy:
         """Seconds since the proxy was created (the snapshot clock)."""
         return time.monotonic() - self._t0
 
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the proxy's event loop (where the bookkeeping lives) and return its result."""
+        loop = self._loop
+        if loop is None or not loop.is_running() or threading.get_ident() == self._loop_thread:
+            return fn()
+
+        async def call() -> _T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
     def snapshot(self) -> ClusterSnapshot:
         """The cluster as the router would see it now, replica states built eagerly (safe from any thread)."""
-        now = self.now_s()
-        k = self.config.queue_k
-        return ClusterSnapshot(now, len(self.books), tuple(b.state(now, k) for b in self.books), self.arrivals_total)
+
+        def build() -> ClusterSnapshot:
+            now = self.now_s()
+            k = self.config.queue_k
+            return ClusterSnapshot(now, len(self.books), tuple(b.state(now, k) for b in self.books),
+                                   self.arrivals_total)
+
+        return self._on_loop(build)
 
     def set_concurrency_cap(self, replica: int, cap: int | None) -> None:
         """Cap the requests in flight to ``replica`` (``None`` = uncapped); applies now, from any thread.
@@ -173,15 +188,7 @@ class RouterProxy:
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ConfigError(f"concurrency cap must be an integer >= 1 or None (uncapped), got {cap!r}")
         gate = self.books[replica].gate
-        loop = self._loop
-        if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
-            gate.set_cap(cap)
-            return
-
-        async def apply() -> None:
-            gate.set_cap(cap)
-
-        asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=10)
+        self._on_loop(lambda: gate.set_cap(cap))
 
     def set_health(self, replica: int, healthy: bool, reason: str = "") -> None:
         """Mark a replica up or down (probes and failed requests call this); down re-routes its waiters."""
@@ -269,7 +276,9 @@ class RouterProxy:
         replica = self.decide(req)
         self.arrivals_total += 1
         if not self.books[replica].healthy:
-            replica = self._fallback({replica}) if self._any_healthy() else replica
+            alternative = self._fallback({replica})
+            if alternative is not None and self.books[alternative].healthy:
+                replica = alternative
         stream = body.get("stream") is True
         deadline = time.monotonic() + cfg.queue_timeout_s
         tried: set[int] = set()

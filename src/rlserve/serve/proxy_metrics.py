@@ -45,7 +45,7 @@ class ProxyMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.decision_s = Histogram("rlserve_proxy_decision_seconds", "Snapshot build + router decision time.",
                                     buckets=DECISION_BUCKETS_S, registry=self.registry)
-        self.registry.register(self)  # type: ignore[arg-type]  # collect() below
+        self.registry.register(self)  # collect() below
 
     def count_error(self, kind: str) -> None:
         """One more request ended with error ``kind``."""
