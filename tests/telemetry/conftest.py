@@ -74,6 +74,9 @@ class FakeNvml:
         self._check()
         return SimpleNamespace(gpu=50 + h, memory=20 + h)
 
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> SimpleNamespace:
+        return SimpleNamespace(used=30 * 2**30, total=80 * 2**30, free=50 * 2**30)
+
     def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
         return 1980
 

@@ -55,7 +55,7 @@ def test_samples_carry_units_and_cumulative_energy(fake_nvml):
     assert s0.power_w == (200.0,) and s1.power_w == (250.0,)
     assert s0.energy_j == (0.0,) and s1.energy_j == pytest.approx((2.5,))
     assert s1.gpu_util_pct == (51.0,) and s1.mem_util_pct == (21.0,) and s1.sm_clock_mhz == (1980.0,)
-    assert s1.power_instant_w == (251.0,)
+    assert s1.power_instant_w == (251.0,) and s1.mem_used_pct == pytest.approx((37.5,))
 
 
 def test_without_counter_energy_is_integrated_power_and_labelled(fake_nvml):

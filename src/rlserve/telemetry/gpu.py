@@ -35,6 +35,8 @@ class GpuSample:
 
     ``energy_j`` is cumulative since the monitor started (from the NVML counter, or integrated power when the
     counter is missing). ``power_instant_w`` is NVML's instantaneous field where the driver has it, else NaN.
+    ``mem_util_pct`` is memory-*bandwidth* utilisation (NVML ``utilization.memory``, the seed's
+    ``avg_mem_util``); ``mem_used_pct`` is memory *capacity* in use.
     """
 
     t_s: float
@@ -45,6 +47,7 @@ class GpuSample:
     sm_clock_mhz: tuple[float, ...]
     temperature_c: tuple[float, ...]
     power_instant_w: tuple[float, ...]
+    mem_used_pct: tuple[float, ...] = ()  # memory capacity in use (empty in logs written before it existed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (for the recorder log)."""
@@ -149,6 +152,7 @@ class GpuMonitor(Monitor[GpuSample]):
             util = [n.nvmlDeviceGetUtilizationRates(h) for h in self._handles]
             clock = [float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)) for h in self._handles]
             temp = [float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)) for h in self._handles]
+            mem = [n.nvmlDeviceGetMemoryInfo(h) for h in self._handles]
             instant = [self._instant_w(h) if ok else None for h, ok in zip(self._handles, self._has_instant,
                                                                              strict=True)]
             energy = self._read_energy_j(t_s, power)
@@ -159,6 +163,7 @@ class GpuMonitor(Monitor[GpuSample]):
             gpu_util_pct=tuple(float(u.gpu) for u in util), mem_util_pct=tuple(float(u.memory) for u in util),
             sm_clock_mhz=tuple(clock), temperature_c=tuple(temp),
             power_instant_w=tuple(float("nan") if v is None else v for v in instant),
+            mem_used_pct=tuple(100.0 * m.used / m.total if m.total else float("nan") for m in mem),
         )
 
     def _read_energy_j(self, t_s: float, power_w: list[float] | None) -> list[float]:

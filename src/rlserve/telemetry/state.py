@@ -8,7 +8,7 @@ dim   feature                     source                        default scale
 ====  ==========================  ============================  =====================================
 0     GPU power, sum over GPUs    NVML power (W)                ``gpu_power_w = 1000`` W
 1     GPU utilisation, mean       NVML utilization.gpu (%)      100 %
-2     GPU memory utilisation      NVML utilization.memory (%)   100 %
+2     GPU memory utilisation      NVML memory used / total (%)  100 %
 3     CPU power                   RAPL package + DRAM (W)       ``cpu_power_w = 200`` W
 4     CPU utilisation             psutil cpu_times (%)          100 %
 5     requests running            vllm:num_requests_running     ``requests = 50``
@@ -18,10 +18,12 @@ dim   feature                     source                        default scale
 9     token throughput            d generation_tokens_total/dt  ``token_rate_per_s = 2000`` tok/s
 ====  ==========================  ============================  =====================================
 
-GPU memory utilisation is NVML's memory-*bandwidth* utilisation: vLLM pre-allocates ~90 % of memory capacity,
-so the capacity fraction carries no signal. Token throughput counts generated (output) tokens, the unit of
-energy per token. A source that was not measured (no NVML, no RAPL, no sample yet) contributes 0, as in the seed,
-and :attr:`StateVector.measured` says which features were real so a caller can tell 0 W from "no data".
+GPU memory utilisation is the memory *capacity* in use, as the seed's "显存利用率" says; under vLLM it sits near
+``--gpu-memory-utilization`` (the snapshot-based builder in ``rlserve.policies.energy.state``, which the deployed
+controller uses, puts that constant there, so both agree). Token throughput counts generated (output) tokens,
+the unit of energy per token. A source that was not measured (no NVML, no RAPL, no sample yet) contributes 0, as
+in the seed, and :attr:`StateVector.measured` says which features were real so a caller can tell 0 W from
+"no data".
 Scale the constants per deployment with :class:`StateScales` (e.g. ``gpu_power_w = n_gpus * TDP``).
 """
 
@@ -106,7 +108,7 @@ def build_energy_state(gpu: GpuSample | None = None, cpu: CpuSample | None = Non
     return StateVector(
         gpu_power_w=float(sum(gpu.power_w)) if gpu is not None and gpu.power_w else nan,
         gpu_util_pct=_mean(gpu.gpu_util_pct) if gpu is not None else nan,
-        gpu_mem_util_pct=_mean(gpu.mem_util_pct) if gpu is not None else nan,
+        gpu_mem_util_pct=_mean(gpu.mem_used_pct) if gpu is not None else nan,
         cpu_power_w=cpu.power_w if cpu is not None else nan,
         cpu_util_pct=cpu.util_pct if cpu is not None else nan,
         requests_running=vllm.num_requests_running if vllm is not None else nan,
