@@ -437,7 +437,7 @@ class Replica:
         p = t.prefix_id[rid]
         blocks = min(t.prefix_tokens[rid], t.prompt[rid]) // self.bs
         if blocks and p not in self.prefix_active:
-            self.prefix_lru.pop(p, None)
+            self.cached_blocks -= self.prefix_lru.pop(p, 0)  # a stale cached copy is superseded
             self.prefix_active[p] = [1, blocks]
             t.shared[rid] = blocks
 
@@ -465,7 +465,8 @@ class Replica:
 
     def _plan_decode_run(self, now: float) -> None:
         free = self.total_blocks - self.used
-        if self.cnt[self.steps % self.bs] > free:  # the next step itself needs more blocks than are free
+        preempted = self.cnt[self.steps % self.bs] > free  # the next step needs more blocks than are free
+        if preempted:
             while self._crossings(1) > self.total_blocks - self.used:
                 self._preempt(self._victim())
                 if not self.B:
@@ -473,15 +474,19 @@ class Replica:
                     return
             free = self.total_blocks - self.used
         B = self.B
-        if self.exact_steps:
+        if self.exact_steps or preempted:
+            # after a preemption the freed blocks may admit the victim at the very next boundary
             k = 1
         else:
             heap, t = self.heap, self.t
             while heap[0][2] != t.incarnation[heap[0][1]] or heap[0][1] not in self.decoding:
                 heapq.heappop(heap)  # stale entry of a preempted incarnation
             k = heap[0][0] - self.steps
+            # Cached prefixes are evicted only by the step that needs their blocks (as single steps would),
+            # so a jump covers only steps that fit in blocks that are free and uncached.
+            free -= self.cached_blocks
             if (free // B) * self.bs < k:  # blocks may run out before the next completion
-                k = min(k, self._steps_until_full(free))
+                k = max(1, min(k, self._steps_until_full(free)))
         if self.cached_blocks:
             self._make_room(self._crossings(k))
         t0, t1, e0, e1 = self.cur_coeffs = self.perf.decode_coeffs(B)
