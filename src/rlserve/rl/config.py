@@ -135,8 +135,10 @@ class StateConfig:
 
     enable_enhanced_features: bool = True
     """Add the 8 temporal features per replica and the 7 global ones."""
-    max_queue_requests_per_replica: int = 4
-    """K: requests per replica whose 7 features are included (oldest first, zero-padded)."""
+    max_queue_requests_per_replica: int = 0
+    """K: requests per replica whose 7 features are included (oldest first, zero-padded). Seed: 4. Off by default:
+    a router only sees queue entries when its world fills the snapshot's queue view (proxy ``--queue-k``), and the
+    per-replica work features already summarise the queue; turn on for worlds that provide them."""
     state_history_window: int = 5
     """Snapshots kept for trend/variance/peak features."""
     qps_window: int = 10
@@ -148,7 +150,8 @@ class StateConfig:
     include_request: bool = True
     """The incoming request's prompt and output length."""
     include_work: bool = True
-    """Per-replica pending prefill/decode tokens divided by the replica's speed: the seconds of queued work."""
+    """Per-replica seconds of queued work (pending prefill and decode tokens over the replica's speed), the
+    request's own decode time there, their sum (a completion-time estimate) and its gap to the best replica."""
 
 
 @dataclass
@@ -187,11 +190,11 @@ class WarmStartConfig:
     round robin create the imbalanced situations a single good router never visits."""
     teacher: str = "least_expected_latency"
     """Router whose choice in every visited state is the demonstration label."""
-    bc_epochs: int = 10
+    bc_epochs: int = 20
     """Epochs of behaviour cloning over the demonstrations."""
     bc_lr: float = 1e-3
     """Adam learning rate of behaviour cloning."""
-    bc_minibatch_chunks: int = 32
+    bc_minibatch_chunks: int = 8
     """Sequence chunks (of ``ppo.chunk_len`` steps) per BC minibatch."""
     kl_ref_initial_coef: float = 0.5
     """Initial weight of KL(current || frozen BC policy) in the PPO loss."""
