@@ -450,7 +450,10 @@ class Replica:
     # ------------------------------------------------------------------ scheduling
     def _plan(self, now: float) -> None:
         """Decide the next iteration (or decode run) starting at ``now``; idle if there is nothing to do."""
-        chunks = self._plan_prefill_priority(now) if self.prefill_priority else self._plan_chunked(now)
+        if self.prefill_priority:
+            chunks = self._plan_prefill_priority(now) if self.waiting else None
+        else:
+            chunks = self._plan_chunked(now) if self.waiting or self.prefilling else None
         if chunks:
             prefill = [(n, self.t.ctx[rid]) for rid, n in chunks]
             k = 0 if self.prefill_priority else (1 if self.B else 0)
