@@ -99,8 +99,8 @@ def test_eais_lowers_the_clock_when_memory_bound_and_keeps_it_when_loaded() -> N
 
     light = run(2, 200, 4)
     assert light.sm_clock_mhz < 1980.0  # decode is memory-bound: a lower clock costs little time, saves power
-    overload = run(500, 400, 36)  # far beyond the replica: nothing is feasible -> everything at maximum
-    assert overload == EnergyDecision(36, 1980.0)
+    overload = run(500, 400, 36)  # far beyond the replica: nothing is feasible -> uncapped at max clock
+    assert overload == EnergyDecision(256, 1980.0)  # uncapped (max_num_seqs)
     ept, ok = c.predict()
     assert ept.shape == ok.shape == (len(SPACE.sm_clocks_mhz), len(SPACE.concurrency_caps))
 

@@ -51,7 +51,9 @@ class EaisController:
         self.slo_margin = slo_margin
         self.smoothing = smoothing
         space = context.action_space
-        self.caps = np.array([c for c in space.concurrency_caps if c <= context.max_num_seqs] or [1], np.float64)
+        # the action space's caps (those the engine allows) plus "uncapped", so EAIS is never throttled by the list
+        caps = sorted({c for c in space.concurrency_caps if c <= context.max_num_seqs} | {context.max_num_seqs})
+        self.caps = np.array(caps, np.float64)
         self.clocks = np.array(space.sm_clocks_mhz, np.float64)
         # per clock: decode coefficients for batch sizes 1..max cap, prefill time and energy per token
         max_b = int(self.caps.max())
@@ -136,7 +138,7 @@ class EaisController:
         return ept, ok
 
     def decide(self, snapshot: ClusterSnapshot, replica: int) -> EnergyDecision:
-        """Update the load estimate, then take the cheapest feasible pair (max cap and clock if none is)."""
+        """Update the load estimate, then take the cheapest feasible pair (uncapped at max clock if none is)."""
         self._observe(snapshot, replica)
         if self.arrival_rate * max(self.output_tokens, 1.0) < 1e-6:  # no load yet: nothing to predict from
             return EnergyDecision(int(self.caps[-1]), float(self.clocks[-1]))

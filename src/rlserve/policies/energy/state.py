@@ -24,7 +24,8 @@ extras  (``extras=True``)
 10      TTFT slack                   1 - recent TTFT / SLO TTFT, clipped to [-1, 1] (0 without a TTFT SLO)
 11      TPOT slack                   1 - inter-token time / SLO TPOT, clipped to [-1, 1]; inter-token time
                                      = dt * mean running / generated tokens
-12      oldest wait                  age of the oldest queued request / SLO TTFT, clipped to [0, 2]
+12      oldest wait                  age of the oldest request not yet prefilled (snapshot queue view) / SLO
+                                     TTFT, clipped to [0, 2]; 0 when the view has none
 13      current clock                (clock - lowest) / (highest - lowest) of the action space
 14      current cap                  cap / largest cap of the action space, clipped to 1
 15      arrival rate                 arrivals / dt / ``request_rate_scale``, clipped
@@ -193,7 +194,7 @@ class EnergyStateBuilder:
             tpot_slack = float(np.clip(1.0 - stats.inter_token_s / slo.tpot_s, -1, 1))
         else:
             tpot_slack = 1.0 if slo.tpot_s else 0.0
-        oldest_age = r.queue[0].age_s if r.queue else 0.0
+        oldest_age = next((q.age_s for q in r.queue if q.remaining_prefill_tokens > 0), 0.0)
         oldest = float(np.clip(oldest_age / slo.ttft_s, 0, 2)) if slo.ttft_s else 0.0
         span = space.max_clock_mhz - space.min_clock_mhz
         clock = (r.sm_clock_mhz - space.min_clock_mhz) / span if span > 0 else 1.0

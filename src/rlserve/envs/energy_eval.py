@@ -1,0 +1,183 @@
+"""Evaluating energy controllers on held-out workloads, the static grid search and the block-size sweep.
+
+Every controller runs through :func:`~rlserve.envs.energy_sim.run_controller` on the same workloads (seeds
+below :data:`~rlserve.envs.energy_env.TRAIN_WORKLOAD_SEED_MIN`, never used in training), so differences are the
+controllers'. Per seed a run reports energy per token (the simulator's GPU energy over the whole run, idle
+included, per prompt + output token), SLO attainment, p99 TTFT/TPOT/E2E and the mean clock and cap; across seeds
+the mean and its 95% confidence half-width (:func:`rlserve.metrics.mean_ci95`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlserve.envs.energy_env import TRAIN_WORKLOAD_SEED_MIN
+from rlserve.envs.energy_sim import ControlRun, run_controller
+from rlserve.errors import ConfigError
+from rlserve.metrics import mean_ci95
+from rlserve.policies.energy.action_space import ActionSpace
+from rlserve.policies.energy.base import ControlContext, make_controller
+from rlserve.scenario import Scenario
+from rlserve.sim import build_perf_model
+
+#: What each run reports (keys of :func:`run_metrics`), in table order.
+METRICS = ("energy_per_token_j", "energy_per_output_token_j", "slo_attainment", "ttft_p99_s", "tpot_p99_s",
+           "e2e_p99_s", "mean_sm_clock_mhz", "mean_concurrency_cap", "output_tokens_per_s")
+
+
+def control_context(scenario: Scenario, action_space: ActionSpace, interval_s: float = 1.0) -> ControlContext:
+    """What controllers know about the scenario's server (a fresh perf model: EAIS changes its clock)."""
+    replica = scenario.cluster.replicas[0]
+    return ControlContext(action_space=action_space, slo=scenario.slo, max_num_seqs=replica.max_num_seqs,
+                          interval_s=interval_s, perf=build_perf_model(replica))
+
+
+def run_metrics(run: ControlRun) -> dict[str, float]:
+    """The per-run numbers of :data:`METRICS`."""
+    s = run.summary
+    return {
+        "energy_per_token_j": _num(s.energy_per_token_j),
+        "energy_per_output_token_j": _num(s.energy_per_output_token_j),
+        "slo_attainment": s.slo_attainment,
+        "ttft_p99_s": s.ttft_s["p99"],
+        "tpot_p99_s": s.tpot_s["p99"],
+        "e2e_p99_s": s.e2e_s["p99"],
+        "mean_sm_clock_mhz": run.trace.time_weighted_mean("sm_clock_mhz"),
+        "mean_concurrency_cap": run.trace.time_weighted_mean("concurrency_cap"),
+        "output_tokens_per_s": s.output_token_throughput_per_s,
+    }
+
+
+def _num(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+@dataclass
+class ControllerResult:
+    """One controller on one scenario over several seeds."""
+
+    controller: str
+    per_seed: list[dict[str, float]] = field(default_factory=list)
+    runs: list[ControlRun] = field(default_factory=list)
+
+    def aggregate(self) -> dict[str, dict[str, float]]:
+        """``{metric: {"mean": .., "ci95": ..}}`` over seeds."""
+        out = {}
+        for m in METRICS:
+            mean, half = mean_ci95([r[m] for r in self.per_seed])
+            out[m] = {"mean": mean, "ci95": half}
+        return out
+
+
+def check_eval_seeds(seeds: Sequence[int]) -> None:
+    """Evaluation seeds must be below the training range, or the evaluation is not held out."""
+    bad = [s for s in seeds if not 0 <= s < TRAIN_WORKLOAD_SEED_MIN]
+    if bad:
+        raise ConfigError(f"evaluation seeds {bad[:5]} fall in the training range; use seeds in "
+                          f"[0, {TRAIN_WORKLOAD_SEED_MIN})")
+
+
+def evaluate_controllers(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int], *,
+                         action_space: ActionSpace, interval_s: float = 1.0, keep_runs: bool = False,
+                         on_run: Callable[[str, int, dict[str, float]], None] | None = None,
+                         ) -> dict[str, ControllerResult]:
+    """Run every controller spec (``static``, ``clipper``, ``eais``, ``static:C@F``, ``dqn:PATH``) on each seed."""
+    check_eval_seeds(seeds)
+    results: dict[str, ControllerResult] = {}
+    workloads = {s: scenario.build_workload(s) for s in seeds}
+    for spec in specs:
+        res = ControllerResult(spec)
+        for seed in seeds:
+            controller = make_controller(spec, control_context(scenario, action_space, interval_s), seed=seed)
+            run = run_controller(controller, scenario.cluster, workloads[seed], scenario.slo,
+                                 interval_s=interval_s, seed=seed)
+            metrics = run_metrics(run)
+            res.per_seed.append(metrics)
+            if keep_runs:
+                res.runs.append(run)
+            if on_run is not None:
+                on_run(spec, seed, metrics)
+        results[spec] = res
+    return results
+
+
+def savings_vs(results: Mapping[str, ControllerResult], baseline: str, metric: str = "energy_per_token_j",
+               ) -> dict[str, dict[str, float]]:
+    """Per controller: mean and 95% CI of the per-seed fractional saving ``1 - value / baseline value``."""
+    base = [r[metric] for r in results[baseline].per_seed]
+    out = {}
+    for name, res in results.items():
+        saving = [1.0 - r[metric] / b for r, b in zip(res.per_seed, base, strict=True)]
+        mean, half = mean_ci95(saving)
+        out[name] = {"mean": mean, "ci95": half}
+    return out
+
+
+@dataclass
+class GridSearchResult:
+    """The best static pair and the whole table (one row per pair, mean over seeds)."""
+
+    best: str  # a static controller spec, ``static:CAP@MHZ``
+    slo_target: float
+    table: list[dict[str, Any]]
+
+
+def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequence[int],
+                       clocks_mhz: Sequence[float], slo_target: float = 0.99, interval_s: float = 1.0,
+                       action_space: ActionSpace | None = None) -> GridSearchResult:
+    """The static (cap, clock) with the lowest mean energy per token whose SLO attainment on *every* seed meets
+    ``slo_target`` (the best a fixed setting can do, chosen with hindsight on these seeds).
+
+    Search on seeds other than the evaluation seeds, or the "best static" baseline is tuned on the test set.
+    """
+    space = action_space or ActionSpace(tuple(sorted(set(caps))), tuple(sorted(set(clocks_mhz))))
+    specs = [f"static:{c}@{f:g}" for c in caps for f in clocks_mhz]
+    results = evaluate_controllers(specs, scenario, seeds, action_space=space, interval_s=interval_s)
+    table = []
+    for spec, res in results.items():
+        agg = res.aggregate()
+        worst = min(r["slo_attainment"] for r in res.per_seed)
+        table.append({"controller": spec, "energy_per_token_j": agg["energy_per_token_j"]["mean"],
+                      "slo_attainment_mean": agg["slo_attainment"]["mean"], "slo_attainment_min": worst})
+    feasible = [row for row in table if row["slo_attainment_min"] >= slo_target]
+    if not feasible:
+        # nothing meets the target: the pair closest to it (a baseline must exist even then)
+        best = max(table, key=lambda row: (row["slo_attainment_min"], -row["energy_per_token_j"]))
+    else:
+        best = min(feasible, key=lambda row: row["energy_per_token_j"])
+    return GridSearchResult(str(best["controller"]), slo_target, table)
+
+
+def with_block_size(scenario: Scenario, block_size: int) -> Scenario:
+    """The scenario with its server's KV block size changed (vLLM fixes it at start-up: one server per size)."""
+    replicas = tuple(dataclasses.replace(r, block_size=int(block_size)) for r in scenario.cluster.replicas)
+    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, replicas=replicas),
+                               name=f"{scenario.name}@bs{block_size}")
+
+
+def best_by(results: Mapping[Any, ControllerResult], metric: str = "energy_per_token_j",
+            slo_target: float = 0.99) -> Any:
+    """The key whose mean ``metric`` is lowest among those meeting ``slo_target`` (mean attainment)."""
+    ok = {k: r.aggregate() for k, r in results.items()}
+    feasible = {k: a for k, a in ok.items() if a["slo_attainment"]["mean"] >= slo_target} or ok
+    return min(feasible, key=lambda k: feasible[k][metric]["mean"])
+
+
+def as_json(results: Mapping[str, ControllerResult]) -> dict[str, Any]:
+    """Aggregates and per-seed numbers, JSON-ready (NaN kept as ``null``)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, float | np.floating):
+            return None if not math.isfinite(v) else float(v)
+        return v
+
+    return clean({name: {"aggregate": r.aggregate(), "per_seed": r.per_seed} for name, r in results.items()})

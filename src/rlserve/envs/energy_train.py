@@ -1,0 +1,94 @@
+"""Training the DQN energy controller: one YAML config (``env:`` + ``dqn:``) -> a checkpoint directory.
+
+The checkpoint's metadata carries the action space, the observation config and the network widths, which is all
+:class:`~rlserve.policies.energy.dqn_controller.DQNController` needs to rebuild the policy anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig
+from rlserve.errors import ConfigError, InputError
+from rlserve.policies.energy.dqn_controller import CHECKPOINT_KIND
+from rlserve.policies.energy.qnet import DuelingQNetwork
+from rlserve.rl.dqn import DQNConfig, DQNTrainResult, train
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+
+
+@dataclass
+class EnergyTrainConfig:
+    """A training run: the environment and the DQN hyper-parameters."""
+
+    env: EnergyEnvConfig = field(default_factory=EnergyEnvConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnergyTrainConfig:
+        """Build from ``{"env": {...}, "dqn": {...}}`` (unknown keys are an error)."""
+        unknown = set(d) - {"env", "dqn"}
+        if unknown:
+            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; allowed: env, dqn")
+        dqn = dict(d.get("dqn") or {})
+        if "hidden_sizes" in dqn:
+            dqn["hidden_sizes"] = tuple(dqn["hidden_sizes"])
+        return cls(env=EnergyEnvConfig.from_dict(d.get("env") or {}), dqn=DQNConfig.from_dict(dqn))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (written beside the checkpoint as ``config.yaml``)."""
+        from dataclasses import asdict
+
+        env = self.env.to_dict()
+        return {"env": _plain(env), "dqn": _plain(asdict(self.dqn))}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def load_train_config(name_or_path: str | Path) -> EnergyTrainConfig:
+    """A training config by path, or by name from the built-in ``configs/train/`` (``energy``)."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"training config {name_or_path} not found (give a .yaml path or one of: "
+                          f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('energy*.yaml')))})")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+    try:
+        return EnergyTrainConfig.from_dict(doc)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> DQNTrainResult:
+    """Train a DQN energy controller; writes ``checkpoint.pt``, ``policy.pt``, ``config.yaml``, logs to ``out_dir``.
+
+    Uses one CPU thread (torch): the networks are small, and the machines this runs on are shared.
+    """
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    env = EnergyEnv(config.env)
+    obs_dim = int(env.observation_space.shape[0])
+    q = DuelingQNetwork(obs_dim, int(env.action_space.n), config.dqn.hidden_sizes)
+    metadata = {"action_space": env.action_space_def.to_dict(), "state_config": config.env.state.to_dict(),
+                "hidden_sizes": list(config.dqn.hidden_sizes), "env": _plain(config.env.to_dict())}
+    return train(env, q, config.dqn, kind=CHECKPOINT_KIND, out_dir=out, resume=resume, metadata=metadata,
+                 metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end)
