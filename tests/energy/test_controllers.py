@@ -102,7 +102,7 @@ def test_eais_lowers_the_clock_when_memory_bound_and_keeps_it_when_loaded() -> N
     overload = run(500, 400, 36)  # far beyond the replica: nothing is feasible -> uncapped at max clock
     assert overload == EnergyDecision(256, 1980.0)  # uncapped (max_num_seqs)
     ept, ok = c.predict()
-    assert ept.shape == ok.shape == (len(SPACE.sm_clocks_mhz), len(SPACE.concurrency_caps))
+    assert ept.shape == ok.shape == (len(SPACE.sm_clocks_mhz), len(SPACE.concurrency_caps) + 1)  # + uncapped
 
 
 def test_replica_state_is_not_mutated() -> None:
