@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rlserve.cli import (
+    energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
     serve_cmds,  # noqa: F401  (registers serve)
     sim_cmds,  # noqa: F401  (registers simulate, compare)
     telemetry_cmds,  # noqa: F401  (registers bench, monitor, state)

@@ -127,7 +127,7 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
 
     metadata = {"render_modes": []}
     episode_metric_names = ("energy_per_output_token_j", "slo_miss_rate", "mean_sm_clock_mhz",
-                            "mean_concurrency_cap", "load_scale")
+                            "mean_concurrency_cap", "load_scale", "decisions")
 
     def __init__(self, config: EnergyEnvConfig | None = None) -> None:
         self.config = cfg = config or EnergyEnvConfig()
@@ -206,7 +206,7 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
         return {"energy_per_output_token_j": ep["energy_j"] / ep["tokens"] if ep["tokens"] else math.nan,
                 "slo_miss_rate": ep["misses"] / max(self._server.arrived if self._server else 0, 1),
                 "mean_sm_clock_mhz": ep["clock"] / steps, "mean_concurrency_cap": ep["cap"] / steps,
-                "load_scale": ep["load_scale"]}
+                "load_scale": ep["load_scale"], "decisions": ep["steps"]}
 
 
 def observation_bounds(cfg: EnergyStateConfig, max_power_w: float) -> tuple[np.ndarray, np.ndarray]:

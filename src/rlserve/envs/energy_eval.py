@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from rlserve.envs.energy_env import TRAIN_WORKLOAD_SEED_MIN
 from rlserve.envs.energy_sim import ControlRun, run_controller
 from rlserve.errors import ConfigError
@@ -170,14 +168,5 @@ def best_by(results: Mapping[Any, ControllerResult], metric: str = "energy_per_t
 
 
 def as_json(results: Mapping[str, ControllerResult]) -> dict[str, Any]:
-    """Aggregates and per-seed numbers, JSON-ready (NaN kept as ``null``)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        if isinstance(v, float | np.floating):
-            return None if not math.isfinite(v) else float(v)
-        return v
-
-    return clean({name: {"aggregate": r.aggregate(), "per_seed": r.per_seed} for name, r in results.items()})
+    """Aggregates and per-seed numbers as plain data (write with ``rlserve.report.run_output.write_json``)."""
+    return {name: {"aggregate": r.aggregate(), "per_seed": r.per_seed} for name, r in results.items()}
