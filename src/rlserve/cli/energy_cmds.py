@@ -216,19 +216,21 @@ def run_cmd(
 
     def show(d: LoopDecision) -> None:
         power = f"{d.power_w:.0f} W" if d.power_w is not None else "n/a"
-        console.print(f"t={d.time_s:7.1f}s cap={d.decision.concurrency_cap:4d} clock={d.sm_clock_mhz:6.0f} MHz "
+        console.print(f"t={d.time_s:7.1f}s cap={d.concurrency_cap:4d} clock={d.sm_clock_mhz:6.0f} MHz "
                       f"({mode}) running={d.num_running} waiting={d.num_waiting} power={power}", highlight=False)
 
     admin = ProxyAdmin(url, api_key=api_key)
     loop = EnergyLoop(ctl, admin, ClockActuator(ids, apply=apply_clocks), gpu, replica=replica,
                       interval_s=interval_s, on_decision=show)
     stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if in_main else None  # Ctrl-C: stop cleanly
     try:
         decisions = loop.run(duration_s=duration_s, stop=stop)
     finally:
         admin.close()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
     console.print(f"{len(decisions)} decisions; clocks restored" + ("" if apply_clocks else " (none were changed)"))
 
 

@@ -86,6 +86,7 @@ class LoopDecision:
 
     time_s: float
     decision: EnergyDecision  # what the controller asked for
+    concurrency_cap: int  # the cap applied (at most the replica's max_num_seqs)
     sm_clock_mhz: float  # the clock used (snapped to a supported one)
     clock_applied: bool  # False: dry run
     num_running: int
@@ -145,16 +146,17 @@ class EnergyLoop:
     def tick(self) -> LoopDecision:
         """Observe, decide, apply once."""
         snap = self.snapshot()
+        r = snap.replicas[0]
         d = self.controller.decide(snap, 0)
-        if d.concurrency_cap != self._cap:
-            self.admin.set_concurrency_cap(self.replica, d.concurrency_cap)
-            self._cap = d.concurrency_cap
+        cap = max(1, min(d.concurrency_cap, r.max_num_seqs))
+        if cap != self._cap:
+            self.admin.set_concurrency_cap(self.replica, cap)
+            self._cap = cap
         if d.sm_clock_mhz != self._requested_mhz:
             self._clock_mhz = self.actuator.set_sm_clock(d.sm_clock_mhz)
             self._requested_mhz = d.sm_clock_mhz
-        r = snap.replicas[0]
-        rec = LoopDecision(snap.time_s, d, self._clock_mhz or d.sm_clock_mhz, self.actuator.apply, r.num_running,
-                           r.num_waiting, r.power_w)
+        rec = LoopDecision(snap.time_s, d, cap, self._clock_mhz or d.sm_clock_mhz, self.actuator.apply,
+                           r.num_running, r.num_waiting, r.power_w)
         self.decisions.append(rec)
         if self.on_decision is not None:
             self.on_decision(rec)
