@@ -85,7 +85,7 @@ async def test_traffic_follows_the_router_and_answers_pass_through(
                                json=_body(servers[0], 6, stream=True)) as r:
             events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
-        assert sum(len(json.loads(e)["choices"]) for e in events[:-1]) == 6
+        assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
         chat = {"model": servers[0].model_name, "max_tokens": 5, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "hello"}]}
         r = await http.post(proxy.url + "/v1/chat/completions", json=chat)
@@ -95,7 +95,10 @@ async def test_traffic_follows_the_router_and_answers_pass_through(
 
         # the snapshot reads the engines' KV geometry from their /metrics
         await asyncio.sleep(0.5)
-        for state, server in zip(proxy.snapshot().replicas, servers, strict=True):
+        states = proxy.snapshot().replicas
+        # 6 x 8 tokens, the 6-token stream (vLLM may merge tokens into one event: counted right anyway), chat's 5
+        assert sum(s.generated_tokens_total for s in states) == 6 * 8 + 6 + 5
+        for state, server in zip(states, servers, strict=True):
             assert state.block_size == server.block_size
             assert state.kv_blocks_total > 0 and state.kv_capacity_tokens == state.kv_blocks_total * 32
             assert state.completed_total >= 1 and state.healthy
@@ -177,14 +180,29 @@ async def test_a_replica_killed_under_load_loses_no_request(
                 await asyncio.sleep(0.01)
             victim.kill()
 
+        async def streamed(i: int) -> str:
+            """'complete' or 'error' (a stream cut after its first byte must say so; it cannot be retried)."""
+            await asyncio.sleep(0.1 * i)
+            async with http.stream("POST", proxy.url + "/v1/completions",
+                                   json=_body(vllm_server, 32, stream=True)) as r:
+                assert r.status_code == 200
+                events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"  # never a silently truncated stream
+            if "error" in json.loads(events[-2]):
+                return "error"
+            assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+            return "complete"
+
         killer = asyncio.create_task(kill_soon())
-        results = await asyncio.gather(*(one(i) for i in range(40)))
+        results, streams = await asyncio.gather(asyncio.gather(*(one(i) for i in range(40))),
+                                                asyncio.gather(*(streamed(i) for i in range(20))))
         await killer
         assert [status for status, _, _ in results] == [200] * 40  # zero lost requests
         assert all(tokens == 32 for _, _, tokens in results)  # every answer complete
         assert any(replica == 1 for _, replica, _ in results)  # the victim served some before it died
         metrics = (await http.get(proxy.url + "/metrics")).text
         assert _proxy_metric(metrics, "rlserve_proxy_retries_total", replica="1") >= 1  # retried, and counted
+        assert _proxy_metric(metrics, "rlserve_proxy_errors_total", kind="upstream_midstream") == streams.count("error")
         assert _proxy_metric(metrics, "rlserve_proxy_replica_up", replica="1") == 0
         r = await http.get(proxy.url + "/health")
         assert r.json()["replicas_up"] == 1

@@ -107,3 +107,23 @@ def test_filtered_metrics_parse_like_the_full_text(legacy: bool) -> None:
                  "num_gpu_blocks", "block_size"):
         assert getattr(kept, name) == getattr(full, name), name
     assert (kept.num_gpu_blocks, kept.num_requests_waiting) == (123, 2)
+
+
+def test_a_finished_stream_settles_its_token_count() -> None:
+    from rlserve.serve.bookkeeping import Tracked
+    from rlserve.serve.proxy import _final_stream_tokens
+
+    t = Tracked(0.0, 10, 32, output_exact=True)
+    t.generated_tokens = 20  # 20 SSE events, some carrying several tokens
+    length_end = b'data: {"choices":[{"text":"x","finish_reason":"length"}]}\n\ndata: [DONE]\n\n'
+    assert _final_stream_tokens(length_end, t) == 32
+    assert _final_stream_tokens(b'data: {"usage":{"completion_tokens": 31}}\n\ndata: [DONE]\n\n', t) == 31
+    assert _final_stream_tokens(b'data: {"choices":[{"finish_reason":"stop"}]}\n\n', t) is None  # keep count
+    t.output_exact = False  # max_tokens was not the client's: "length" says nothing about the count
+    assert _final_stream_tokens(length_end, t) is None
+    book = _book()
+    t = book.add(1, 0.0, 10, 32, output_exact=True)
+    book.tokens(t, 20)
+    book.complete(1, t, 1.0, 32)
+    s = book.state(1.0)
+    assert (s.generated_tokens_total, s.pending_decode_tokens, s.pending_prefill_tokens) == (32, 0, 0)

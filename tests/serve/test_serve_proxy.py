@@ -102,6 +102,10 @@ async def test_snapshot_counts_in_flight_requests_and_reads_engine_metrics() -> 
         state = proxy.snapshot().replicas[0]
         assert (state.outstanding, state.pending_prefill_tokens, state.pending_decode_tokens) == (0, 0, 0)
         assert state.completed_total == 3 and state.generated_tokens_total == 21
+        async with http.post(proxy.url + "/v1/completions", json={"prompt": "x", "max_tokens": 4, "stream": True,
+                                                                     "stream_options": {"include_usage": True}}) as r:
+            await r.read()
+        assert proxy.snapshot().replicas[0].generated_tokens_total == 25  # the usage event is not a token
         assert 0.25 < state.recent_ttft_s < 1.0  # only the streamed requests show a first token
         assert 0.25 < state.recent_e2e_s < 1.0
 

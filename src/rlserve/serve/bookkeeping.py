@@ -15,6 +15,10 @@ the same situation:
 - ``pending_prefill_tokens`` = prompt tokens of outstanding requests whose first token has not arrived;
   ``pending_decode_tokens`` = output tokens still to come (``max_tokens`` minus tokens streamed so far, the first
   token included), the simulator's definition with ``max_tokens`` standing in for the unknown true length.
+- Tokens are counted from the response: one per SSE ``data:`` event while a stream runs (vLLM merges several
+  tokens into one event when the client reads slower than the engine generates, so this is a lower bound), then
+  corrected at the end from ``usage.completion_tokens`` when the response has it, or to ``max_tokens`` when the
+  answer stopped for ``"length"``.
 - ``recent_ttft_s`` is updated at each first token, ``recent_e2e_s`` at each completion, both as EWMAs with
   :data:`~rlserve.snapshot.RECENT_LATENCY_EWMA_ALPHA`, the first sample initialising the average. Latencies are
   measured from the moment the proxy received the request, admission wait included (the simulator's arrival).
@@ -37,12 +41,13 @@ DEFAULT_BLOCK_SIZE = 16  # vLLM's GPU default, used until /metrics says otherwis
 class Tracked:
     """One outstanding request on one replica (queued at the gate or in flight)."""
 
-    __slots__ = ("arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "first_token_s")
+    __slots__ = ("arrival_s", "prompt_tokens", "output_tokens", "output_exact", "generated_tokens", "first_token_s")
 
-    def __init__(self, arrival_s: float, prompt_tokens: int, output_tokens: int) -> None:
+    def __init__(self, arrival_s: float, prompt_tokens: int, output_tokens: int, output_exact: bool = False) -> None:
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens  # max_tokens (an upper bound) or the configured default
+        self.output_exact = output_exact  # output_tokens is the exact length if the answer stops for "length"
         self.generated_tokens = 0
         self.first_token_s = -1.0  # < 0: no token yet
 
@@ -73,9 +78,10 @@ class ReplicaBook:
 
     # --- request lifecycle (called on the event loop, O(1) each) ------------------------------------------------
 
-    def add(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int) -> Tracked:
+    def add(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
+            output_exact: bool = False) -> Tracked:
         """A request was routed here (it may still wait at the gate)."""
-        t = Tracked(arrival_s, prompt_tokens, output_tokens)
+        t = Tracked(arrival_s, prompt_tokens, output_tokens, output_exact)
         self.outstanding[request_id] = t
         self.pending_prefill_tokens += prompt_tokens
         self.pending_decode_tokens += output_tokens
@@ -107,9 +113,12 @@ class ReplicaBook:
             self.pending_prefill_tokens -= t.prompt_tokens
         self.pending_decode_tokens -= max(t.output_tokens - t.generated_tokens, 0)
 
-    def complete(self, request_id: int, t: Tracked, now_s: float) -> None:
-        """``t`` finished successfully."""
+    def complete(self, request_id: int, t: Tracked, now_s: float, generated_tokens: int | None = None) -> None:
+        """``t`` finished successfully; ``generated_tokens`` is its exact output size when the response said it."""
         self.remove(request_id, t)
+        if generated_tokens is not None:  # settles the per-event count (events may merge or be usage-only)
+            self.generated_tokens_total += generated_tokens - t.generated_tokens
+            t.generated_tokens = generated_tokens
         self.completed_total += 1
         e2e = now_s - t.arrival_s
         if self.completed_total == 1:

@@ -75,6 +75,8 @@ class RouterProxy:
         self.router = router if router is not None else make_router(config.router, seed=config.seed,
                                                                     **config.router_kwargs)
         self.books = [ReplicaBook(i, spec, config.max_queue_per_replica) for i, spec in enumerate(config.replicas)]
+        # A router that reads per-request queue features says how many it needs (PPORouter.queue_k).
+        self.queue_k = max(config.queue_k, int(getattr(self.router, "queue_k", 0) or 0))
         self.metrics = ProxyMetrics(self.books)
         self.port = config.port
         self.arrivals_total = 0
@@ -171,7 +173,7 @@ class RouterProxy:
 
         def build() -> ClusterSnapshot:
             now = self.now_s()
-            k = self.config.queue_k
+            k = self.queue_k
             return ClusterSnapshot(now, len(self.books), tuple(b.state(now, k) for b in self.books),
                                    self.arrivals_total)
 
@@ -214,7 +216,7 @@ class RouterProxy:
         """
         t0 = time.perf_counter()
         now = request.arrival_s
-        books, k = self.books, self.config.queue_k
+        books, k = self.books, self.queue_k
         snapshot = ClusterSnapshot(now, len(books), lambda: tuple(b.state(now, k) for b in books),
                                    self.arrivals_total)
         try:
@@ -269,7 +271,7 @@ class RouterProxy:
 
     async def _route(self, request: web.Request, raw: bytes, body: dict[str, Any]) -> web.StreamResponse:
         cfg = self.config
-        prompt_tokens, output_tokens = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
+        prompt_tokens, output_tokens, output_exact = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
         rid = self.arrivals_total
         arrival_s = self.now_s()
         req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
@@ -285,7 +287,7 @@ class RouterProxy:
         last_error = ""
         while True:
             book = self.books[replica]
-            tracked = book.add(rid, arrival_s, prompt_tokens, output_tokens)
+            tracked = book.add(rid, arrival_s, prompt_tokens, output_tokens, output_exact)
             try:
                 return await self._attempt(request, raw, stream, book, rid, tracked, deadline)
             except _AttemptFailed as exc:
@@ -329,8 +331,7 @@ class RouterProxy:
                     except _TRANSPORT_ERRORS as exc:
                         self._attempt_failed(book, exc)
                     if upstream.status == 200:
-                        book.tokens(tracked, _completion_tokens(data))
-                        book.complete(rid, tracked, self.now_s())
+                        book.complete(rid, tracked, self.now_s(), _completion_tokens(data))
                     return web.Response(body=data, status=upstream.status, headers=out_headers)
                 return await self._stream(request, upstream, out_headers, book, rid, tracked)
         finally:
@@ -362,6 +363,7 @@ class RouterProxy:
         book.first_token(tracked, self.now_s())
         response = web.StreamResponse(status=upstream.status, headers=out_headers)
         await response.prepare(request)
+        before_last = last = b""  # the final events (finish reason, usage, [DONE]) are in the last two chunks
         while chunk:
             try:
                 # Tokens that arrived while we were busy go out in one write (one syscall) rather than one each;
@@ -376,13 +378,14 @@ class RouterProxy:
             except ConnectionResetError:  # the client went away; leaving closes the upstream connection
                 self.metrics.count_error("client_disconnected")
                 return response
+            before_last, last = last, chunk
             try:
                 chunk = await content.readany()
             except _TRANSPORT_ERRORS as exc:
                 await self._end_broken_stream(response, book, exc)
                 return response
         await response.write_eof()
-        book.complete(rid, tracked, self.now_s())
+        book.complete(rid, tracked, self.now_s(), _final_stream_tokens(before_last + last, tracked))
         return response
 
     async def _end_broken_stream(self, response: web.StreamResponse, book: ReplicaBook, exc: BaseException) -> None:
@@ -468,11 +471,11 @@ class RouterProxy:
         return web.json_response({"replica": index, "cap": body["cap"]})
 
 
-def _completion_tokens(data: bytes) -> int:
-    """``usage.completion_tokens`` of a non-streamed response, found without parsing the whole body (0 if absent)."""
+def _completion_tokens(data: bytes) -> int | None:
+    """``usage.completion_tokens`` in a response body, found without parsing all of it (``None`` if absent)."""
     i = data.rfind(b'"completion_tokens":')
     if i < 0:
-        return 0
+        return None
     j = i + len(b'"completion_tokens":')
     end = j
     while end < len(data) and data[end] in b" 0123456789":
@@ -480,7 +483,18 @@ def _completion_tokens(data: bytes) -> int:
     try:
         return int(data[j:end])
     except ValueError:
-        return 0
+        return None
+
+
+def _final_stream_tokens(tail: bytes, t: Tracked) -> int | None:
+    """Tokens a finished stream carried: its usage if it has one, ``max_tokens`` if it stopped for length,
+    else ``None`` (keep the per-event count, a lower bound)."""
+    usage = _completion_tokens(tail)
+    if usage is not None:
+        return usage
+    if t.output_exact and (b'"finish_reason":"length"' in tail or b'"finish_reason": "length"' in tail):
+        return t.output_tokens
+    return None
 
 
 def _replica_dicts(books: Sequence[ReplicaBook], snapshot: ClusterSnapshot) -> list[dict[str, Any]]:

@@ -33,8 +33,12 @@ def _prompt_size(prompt: Any, chars_per_token: float) -> int:
     return 0
 
 
-def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_tokens: int) -> tuple[int, int]:
-    """``(prompt_tokens, output_tokens)`` estimated from a completions or chat-completions body (both >= 1)."""
+def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_tokens: int) -> tuple[int, int, bool]:
+    """``(prompt_tokens, output_tokens, output_exact)`` from a completions or chat-completions body.
+
+    Both sizes are >= 1; ``output_exact`` says the output size is the client's own ``max_tokens`` for a single
+    choice, so an answer that stops for ``"length"`` has exactly that many tokens.
+    """
     messages = body.get("messages")
     if isinstance(messages, list):
         chars = sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
@@ -42,9 +46,11 @@ def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_toke
     else:
         prompt_tokens = _prompt_size(body.get("prompt"), chars_per_token)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    exact = not isinstance(max_tokens, bool) and isinstance(max_tokens, int) and max_tokens >= 1
+    if not exact:
         max_tokens = default_max_tokens
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         max_tokens *= n
-    return max(prompt_tokens, 1), max_tokens
+        exact = False
+    return max(prompt_tokens, 1), max_tokens, exact
