@@ -45,12 +45,11 @@ def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_toke
         prompt_tokens = math.ceil(chars / chars_per_token)
     else:
         prompt_tokens = _prompt_size(body.get("prompt"), chars_per_token)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    exact = not isinstance(max_tokens, bool) and isinstance(max_tokens, int) and max_tokens >= 1
-    if not exact:
-        max_tokens = default_max_tokens
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    exact = not isinstance(asked, bool) and isinstance(asked, int) and asked >= 1
+    output_tokens = asked if exact else default_max_tokens
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-        max_tokens *= n
+        output_tokens *= n
         exact = False
-    return max(prompt_tokens, 1), max_tokens, exact
+    return max(prompt_tokens, 1), output_tokens, exact
