@@ -46,8 +46,10 @@ def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_toke
     else:
         prompt_tokens = _prompt_size(body.get("prompt"), chars_per_token)
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    exact = not isinstance(asked, bool) and isinstance(asked, int) and asked >= 1
-    output_tokens = asked if exact else default_max_tokens
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked >= 1:
+        output_tokens, exact = asked, True
+    else:
+        output_tokens, exact = default_max_tokens, False
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         output_tokens *= n
