@@ -92,7 +92,13 @@ def evaluate_energy_cmd(
     interval_s: Annotated[float, typer.Option(help="Control interval in seconds.")] = 1.0,
 ) -> None:
     """DQN vs static max clock, Clipper, EAIS and the best static pair: energy per token, SLO, tail latency."""
-    from rlserve.envs.energy_eval import as_json, evaluate_controllers, grid_search_static, savings_vs
+    from rlserve.envs.energy_eval import (
+        as_json,
+        default_grid_caps,
+        evaluate_controllers,
+        grid_search_static,
+        savings_vs,
+    )
     from rlserve.report.run_output import write_json
 
     space = _action_space(checkpoint, config, scenario)
@@ -104,7 +110,7 @@ def evaluate_energy_cmd(
         best_static = None
         if grid:
             best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds),
-                                      caps=_grid_caps(space, scn), clocks_mhz=space.sm_clocks_mhz,
+                                      caps=default_grid_caps(space, scn), clocks_mhz=space.sm_clocks_mhz,
                                       interval_s=interval_s, action_space=space)
             best_static = best.best
             specs.append(best_static)
@@ -149,12 +155,6 @@ def _action_space(checkpoint: Path | None, config: str, scenarios: list[str] | N
         return ActionSpace.from_dict(load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)["metadata"]["action_space"])
     cfg = load_train_config(config)
     return build_action_space(_scenario((scenarios or list(cfg.env.scenarios))[0]), cfg.env)
-
-
-def _grid_caps(space: Any, scn: Any) -> list[int]:
-    """Caps the grid search tries: uncapped plus the space's three largest (lower caps only queue requests)."""
-    max_seqs = scn.cluster.replicas[0].max_num_seqs
-    return sorted({max_seqs, *[c for c in space.concurrency_caps if c <= max_seqs][-3:]})
 
 
 def _print_table(title: str, results: dict[str, Any], savings: dict[str, Any]) -> None:

@@ -152,6 +152,13 @@ def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequen
     return GridSearchResult(str(best["controller"]), slo_target, table)
 
 
+def default_grid_caps(action_space: ActionSpace, scenario: Scenario) -> list[int]:
+    """Caps a grid search tries: uncapped plus the space's three largest (smaller caps only queue requests and
+    never saved energy in our scenarios; see docs/energy.md), to keep the search affordable."""
+    max_seqs = scenario.cluster.replicas[0].max_num_seqs
+    return sorted({max_seqs, *[c for c in action_space.concurrency_caps if c <= max_seqs][-3:]})
+
+
 def with_block_size(scenario: Scenario, block_size: int) -> Scenario:
     """The scenario with its server's KV block size changed (vLLM fixes it at start-up: one server per size)."""
     replicas = tuple(dataclasses.replace(r, block_size=int(block_size)) for r in scenario.cluster.replicas)

@@ -23,17 +23,18 @@ from rlserve.rl.checkpoints import load_checkpoint
 from rlserve.snapshot import ClusterSnapshot
 
 CHECKPOINT_KIND = "dqn_energy"
+#: The shipped policy (``dqn`` without a path): Llama-3-8B on an H200, trained by ``rlserve train energy
+#: --config energy`` (docs/energy.md has the numbers and the command).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "energy_dqn_h200_llama3_8b.pt"
 
 
 @register_controller("dqn")
 class DQNController:
-    """Greedy policy of a trained dueling Q-network (``dqn:PATH`` in specs)."""
+    """Greedy policy of a trained dueling Q-network (``dqn:PATH`` in specs; ``dqn`` = the shipped one)."""
 
     name = "dqn"
 
-    def __init__(self, context: ControlContext, checkpoint: str | Path = "") -> None:
-        if not checkpoint:
-            raise InputError("the dqn controller needs a checkpoint: dqn:PATH/policy.pt (from rlserve train energy)")
+    def __init__(self, context: ControlContext, checkpoint: str | Path = SHIPPED_CHECKPOINT) -> None:
         data = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
         meta: dict[str, Any] = data["metadata"]
         try:
