@@ -28,9 +28,12 @@ Why each setting (all found by trying vLLM 0.32 on a 2-core machine):
   spread over all of them; one thread per server lets two servers share two cores;
 - ``--block-size`` must be a multiple of 32 on CPU (vLLM's CPU attention kernels).
 
-The server runs in its own process group (API server, engine core and worker are separate processes);
+The server runs in its own process group (API server and engine core are separate processes);
 :meth:`VllmServer.stop` sends SIGTERM to the group, then SIGKILL after a grace period, and
-:meth:`VllmServer.kill` sends SIGKILL at once (a crashed server, for failure tests).
+:meth:`VllmServer.kill` sends SIGKILL at once (a crashed server, for failure tests). So that a test run
+killed hard (a CI time-out, Ctrl-C twice) leaves no server behind, the server is launched through
+``setpriv --pdeathsig TERM`` (util-linux): it gets SIGTERM when the *thread* that started it exits. Start
+servers from a long-lived thread (pytest's main thread is), or pass ``die_with_parent=False``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ INSTALL_HINT = f"install it with `python3 {SETUP_SCRIPT.relative_to(REPO_ROOT)}`
 
 DEFAULT_KV_CACHE_BYTES = 256 * 1024**2
 DEFAULT_STARTUP_TIMEOUT_S = 240.0
+_HAS_SETPRIV = shutil.which("setpriv") is not None
 # Unix socket paths are limited to 107 bytes; vLLM appends "/" + a 36-character uuid to TMPDIR.
 _MAX_TMPDIR_LEN = 107 - 37
 # Variables that would make the server run the caller's interpreter setup or override our KV-cache size.
@@ -133,6 +137,7 @@ class VllmServer:
         extra_env: Mapping[str, str] | None = None,
         omp_threads: int = 1,
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        die_with_parent: bool = True,
         venv: Path | None = None,
         work_dir: Path | None = None,
     ) -> None:
@@ -154,6 +159,7 @@ class VllmServer:
         self.extra_env = dict(extra_env or {})
         self.omp_threads = omp_threads
         self.startup_timeout_s = startup_timeout_s
+        self.die_with_parent = die_with_parent
         self._requested_port = port
         self.port = port or 0
         self._own_work_dir = work_dir is None
@@ -245,8 +251,9 @@ class VllmServer:
         log_file.write(f"$ {' '.join(self.command())}\n".encode())
         log_file.flush()
         self._started_at = time.monotonic()
+        launcher = ["setpriv", "--pdeathsig", "TERM", "--"] if self.die_with_parent and _HAS_SETPRIV else []
         self._proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            launcher + self.command(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=self.environment(), cwd=self.work_dir, start_new_session=True,
         )
         return self
