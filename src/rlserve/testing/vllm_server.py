@@ -275,10 +275,12 @@ class VllmServer:
 
     def _wait_ready(self, timeout_s: float | None) -> VllmServer:
         deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
-        with httpx.Client(timeout=5.0) as client:
+        # trust_env=False: a proxy configured in the environment must not see loopback traffic.
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
             while True:
                 if not self.is_running():
                     code = self._proc.returncode if self._proc else None
+                    self.stop()  # reap what is left of the group, close the log, remove TMPDIR
                     raise BackendError(f"vLLM server exited with code {code} during start-up; "
                                        f"log {self.log_path}:\n{self.log_tail()}")
                 if self._answers(client):
