@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlserve.policies.routers import LeastExpectedLatencyRouter
 from rlserve.rl.config import StateConfig
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
@@ -88,8 +89,7 @@ class StateBuilder:
         if c.include_capability:
             per += ["rel_decode_speed", "rel_prefill_speed", "rel_kv_capacity"]
         if c.include_work:
-            per += ["prefill_wait_s", "decode_backlog_s", "own_service_s", "expected_completion_s",
-                    "completion_gap_s"]
+            per += ["prefill_wait_s", "decode_backlog_s", "own_decode_s", "expected_latency_s", "latency_gap_s"]
         for k in range(c.max_queue_requests_per_replica):
             per += [f"q{k}_{f}" for f in ("age_s", "prompt_tokens", "processed_tokens", "remaining_prefill",
                                           "done_fraction", "output_tokens", "priority")]
@@ -140,15 +140,16 @@ class StateBuilder:
         max_kv = max(r.kv_capacity_tokens for r in reps) or 1
         out: list[float] = []
         outstanding = [float(r.outstanding) for r in reps]
-        completion = [self.expected_completion_s(r, request) for r in reps] if c.include_work else []
-        best = min(completion) if completion else 0.0
+        expected = [LeastExpectedLatencyRouter.estimate_s(r, request) if request is not None else 0.0
+                    for r in reps] if c.include_work else []
+        best = min(expected) if expected else 0.0
         for i, r in enumerate(reps):
             out += self._replica_features(i, r, now)
             if c.include_capability:
                 out += [r.decode_tokens_per_s / max_decode, r.prefill_tokens_per_s / max_prefill,
                         r.kv_capacity_tokens / max_kv]
             if c.include_work:
-                out += self._work_features(r, request, completion[i], best)
+                out += self._work_features(r, request, expected[i], best)
             out += self._queue_features(r)
         out += self._global_features(reps, outstanding, now)
         if c.include_request:
@@ -185,24 +186,19 @@ class StateBuilder:
         ]
 
     @staticmethod
-    def _work_parts(r: ReplicaState, request: Request | None) -> tuple[float, float, float]:
-        """Seconds of queued prefill (incl. this prompt), of queued decode per batch slot, of this request's decode."""
-        batch = max(1, min(r.outstanding + 1, r.concurrency_cap))
+    def _work_features(r: ReplicaState, request: Request | None, latency_s: float, best_s: float) -> list[float]:
+        """Seconds of queued prefill (incl. this prompt), of queued decode per batch slot, of this request's
+        decode alone, the least-expected-latency router's estimate, and that estimate's gap to the best replica."""
         prompt = request.prompt_tokens if request is not None else 0
         output = request.output_tokens if request is not None else 0
-        return ((r.pending_prefill_tokens + prompt) / r.prefill_tokens_per_s,
-                r.pending_decode_tokens / (r.decode_tokens_per_s * batch),
-                output / r.decode_tokens_per_s)
-
-    def expected_completion_s(self, r: ReplicaState, request: Request | None) -> float:
-        """A rough completion-time estimate of ``request`` on ``r``: the sum of :meth:`_work_parts`."""
-        return sum(self._work_parts(r, request))
-
-    def _work_features(self, r: ReplicaState, request: Request | None, completion_s: float,
-                       best_s: float) -> list[float]:
-        prefill_s, backlog_s, own_s = self._work_parts(r, request)
-        return [_log1p(prefill_s), _log1p(backlog_s), _log1p(own_s), _log1p(completion_s),
-                _log1p(completion_s - best_s)]
+        batch = r.outstanding + 1
+        return [
+            _log1p((r.pending_prefill_tokens + prompt) / r.prefill_tokens_per_s),
+            _log1p(r.pending_decode_tokens / (r.decode_tokens_per_s * batch)),
+            _log1p(output / r.decode_tokens_per_s),
+            _log1p(latency_s),
+            _log1p(latency_s - best_s),
+        ]
 
     def _queue_features(self, r: ReplicaState) -> list[float]:
         k = self.cfg.max_queue_requests_per_replica

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlserve.policies.base import fair_argmin, register_router
-from rlserve.snapshot import ClusterSnapshot
+from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
 
 
@@ -124,12 +124,14 @@ class LeastExpectedLatencyRouter(_Seeded):
     name = "least_expected_latency"
     BATCH_SLOWDOWN = 32.0
 
+    @classmethod
+    def estimate_s(cls, r: ReplicaState, request: Request) -> float:
+        """The estimated latency (seconds) of ``request`` on replica ``r`` (also a PPO router state feature)."""
+        prefill_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
+        batch = r.num_running + r.num_waiting + 1
+        decode_s = request.output_tokens * (1 + batch / cls.BATCH_SLOWDOWN) / r.decode_tokens_per_s
+        return prefill_s + decode_s
+
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
         """Replica with the lowest estimated latency for ``request``."""
-        scores = []
-        for r in snapshot.replicas:
-            prefill_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
-            batch = r.num_running + r.num_waiting + 1
-            decode_s = request.output_tokens * (1 + batch / self.BATCH_SLOWDOWN) / r.decode_tokens_per_s
-            scores.append(prefill_s + decode_s)
-        return fair_argmin(scores, self.rng)
+        return fair_argmin([self.estimate_s(r, request) for r in snapshot.replicas], self.rng)

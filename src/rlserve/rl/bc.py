@@ -5,10 +5,11 @@ state with its own choice (DAgger-style relabelling). Driving with several behav
 heuristics) puts the teacher's labels on imbalanced states too, which a policy trained only on the teacher's
 own trajectories would never see and would not know how to recover from.
 
-The recurrent network is trained on chunks of consecutive steps, each replayed from a zero hidden state (an
-episode start). The actor then learns to act from the current state plus a short history, which is what the
-router's mostly-Markov state needs; the hidden state carried across chunk boundaries at rollout time only adds
-context.
+The recurrent network is trained like PPO replays rollouts: on chunks of consecutive steps, each started from the
+hidden state the *current* network reaches at that point of the demonstration (recomputed by a no-grad pass at
+the start of every epoch), with resets at episode starts. Starting every chunk from zero instead would train a
+policy for "the first steps after a reset" and leave it untrained for the long-running hidden states it meets
+when routing thousands of requests in a row.
 """
 
 from __future__ import annotations
@@ -51,21 +52,20 @@ def behaviour_clone(model: ActorCritic, demos: Demonstrations, *, chunk_len: int
     obs = torch.as_tensor(demos.obs[:t_used], dtype=torch.float32)
     acts = torch.as_tensor(demos.actions[:t_used], dtype=torch.long)
     masks = torch.as_tensor(~demos.episode_starts[:t_used], dtype=torch.float32)
-    # chunks: (chunk, env) pairs; every chunk starts from a zero hidden state
-    masks[::chunk_len] = 0.0
     actor_params = [p for name, p in model.named_parameters() if not name.startswith("critic")]
     opt = torch.optim.Adam(actor_params, lr=lr)
     num_chunks = num_chunks_per_env * n
     loss_v, acc_v = float("nan"), float("nan")
     model.train()
     for _ in range(epochs):
+        chunk_hxs = _chunk_start_states(model, obs, masks, chunk_len)  # (chunks per env, layers, N, H)
         losses, hits, count = [], 0, 0
         order = rng.permutation(num_chunks)
         for start in range(0, num_chunks, minibatch_chunks):
             idx = order[start:start + minibatch_chunks]
             rows = torch.as_tensor((idx // n) * chunk_len).unsqueeze(0) + torch.arange(chunk_len).unsqueeze(1)
             cols = torch.as_tensor(idx % n).unsqueeze(0).expand_as(rows)
-            h0 = model.initial_state(len(idx))
+            h0 = chunk_hxs[torch.as_tensor(idx // n), :, torch.as_tensor(idx % n)].permute(1, 0, 2)
             logits, _ = model.get_logits(obs[rows, cols], h0, masks[rows, cols])
             target = acts[rows, cols]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
@@ -78,3 +78,15 @@ def behaviour_clone(model: ActorCritic, demos: Demonstrations, *, chunk_len: int
             count += target.numel()
         loss_v, acc_v = float(np.mean(losses)), hits / count
     return {"bc/loss": loss_v, "bc/accuracy": acc_v}
+
+
+@torch.no_grad()
+def _chunk_start_states(model: ActorCritic, obs: torch.Tensor, masks: torch.Tensor, chunk_len: int) -> torch.Tensor:
+    """Hidden state of the current network at the first step of every chunk, running through the demonstrations."""
+    t_used, n = masks.shape
+    h = model.initial_state(n)
+    states = []
+    for start in range(0, t_used, chunk_len):
+        states.append(h)
+        _, _, h = model(obs[start:start + chunk_len], h, masks[start:start + chunk_len])
+    return torch.stack(states)

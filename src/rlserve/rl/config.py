@@ -75,9 +75,9 @@ class PPOConfig:
     """Global gradient-norm clip."""
     epochs: int = 4
     """Passes over each rollout (seed: 8)."""
-    num_envs: int = 4
-    """Environments stepped in lockstep (batched forward passes)."""
-    num_steps: int = 256
+    num_envs: int = 8
+    """Environments stepped in lockstep (batched forward passes; more environments = more scenarios per update)."""
+    num_steps: int = 128
     """Steps per environment per rollout (seed ``rollout_len``: 32, too short for a stable advantage estimate)."""
     chunk_len: int = 32
     """Length of the sequence chunks recurrent minibatches are made of; must divide num_steps."""
@@ -151,7 +151,12 @@ class StateConfig:
     """The incoming request's prompt and output length."""
     include_work: bool = True
     """Per-replica seconds of queued work (pending prefill and decode tokens over the replica's speed), the
-    request's own decode time there, their sum (a completion-time estimate) and its gap to the best replica."""
+    request's own decode time there, the least-expected-latency estimate and its gap to the best replica."""
+    norm_clip: float = 10.0
+    """Standardised features are clipped to [-norm_clip, norm_clip]."""
+    norm_eps: float = 1e-2
+    """Variance floor of the running normaliser: a feature that barely varied during stabilisation (e.g. a
+    capacity ratio that happened to be constant) maps to a bounded value instead of an outlier of 1/std."""
 
 
 @dataclass
@@ -180,7 +185,7 @@ class TemperatureConfig:
 class WarmStartConfig:
     """Statistics stabilisation, demonstrations, behaviour cloning, and the KL term to the BC policy."""
 
-    stabilization_steps: int = 2048
+    stabilization_steps: int = 4096
     """Decisions (per environment) that only update the observation/reward normalisers before any learning."""
     enabled: bool = True
     """Behaviour-clone the teacher before PPO (demonstrations are recorded during stabilisation)."""
@@ -190,7 +195,7 @@ class WarmStartConfig:
     round robin create the imbalanced situations a single good router never visits."""
     teacher: str = "least_expected_latency"
     """Router whose choice in every visited state is the demonstration label."""
-    bc_epochs: int = 20
+    bc_epochs: int = 10
     """Epochs of behaviour cloning over the demonstrations."""
     bc_lr: float = 1e-3
     """Adam learning rate of behaviour cloning."""
@@ -230,7 +235,7 @@ class CheckpointConfig:
 class EnvConfig:
     """The routing environment and the scenarios it samples."""
 
-    episode_requests: int = 1024
+    episode_requests: int = 512
     """M: requests per episode (one decision each)."""
     scenarios: list[str] = field(default_factory=lambda: ["randomized"])
     """Scenario names or YAML paths sampled per episode; ``randomized`` draws a random 4-replica cluster and

@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
     action_dim = int(runner.envs[0].action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng(cfg.seed)  # minibatch order and stabilisation actions
     torch.manual_seed(cfg.seed)
-    obs_norm = RunningNormalizer(obs_dim)
+    obs_norm = RunningNormalizer(obs_dim, clip=cfg.state.norm_clip, eps=cfg.state.norm_eps)
     ret_scaler = ReturnScaler(p.num_envs, gamma=p.gamma)
     temp_ctl = TemperatureController(
         cfg.temperature.base_temperature, cfg.temperature.min_temperature, cfg.temperature.max_temperature,
