@@ -199,10 +199,11 @@ async def test_a_replica_killed_under_load_loses_no_request(
         await killer
         assert [status for status, _, _ in results] == [200] * 40  # zero lost requests
         assert all(tokens == 32 for _, _, tokens in results)  # every answer complete
-        assert any(replica == 1 for _, replica, _ in results)  # the victim served some before it died
         metrics = (await http.get(proxy.url + "/metrics")).text
-        assert _proxy_metric(metrics, "rlserve_proxy_retries_total", replica="1") >= 1  # retried, and counted
-        assert _proxy_metric(metrics, "rlserve_proxy_errors_total", kind="upstream_midstream") == streams.count("error")
+        retried = _proxy_metric(metrics, "rlserve_proxy_retries_total", replica="1")
+        cut = _proxy_metric(metrics, "rlserve_proxy_errors_total", kind="upstream_midstream")
+        assert cut == streams.count("error")  # every cut stream said so, and was counted
+        assert retried + cut >= 1  # the victim died busy: its requests were retried (counted) or cut (counted)
         assert _proxy_metric(metrics, "rlserve_proxy_replica_up", replica="1") == 0
         r = await http.get(proxy.url + "/health")
         assert r.json()["replicas_up"] == 1
