@@ -40,6 +40,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from rlserve.errors import ConfigError
 from rlserve.policies.base import Router, make_router
@@ -92,6 +93,7 @@ class RouterProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._observe_decision = self.metrics.decision_s.observe
+        self._urls: dict[tuple[int, str], URL] = {}  # (replica, path) -> parsed upstream URL
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -318,7 +320,7 @@ class RouterProxy:
         try:
             assert self._session is not None  # internal invariant: handlers run only between start() and stop()
             try:
-                upstream = await self._session.post(book.spec.url + request.path, data=raw,
+                upstream = await self._session.post(self._upstream_url(book, request.path), data=raw,
                                                     headers=self._upstream_headers(request))
             except _TRANSPORT_ERRORS as exc:
                 self._attempt_failed(book, exc)
@@ -336,6 +338,13 @@ class RouterProxy:
                 return await self._stream(request, upstream, out_headers, book, rid, tracked)
         finally:
             gate.release()
+
+    def _upstream_url(self, book: ReplicaBook, path: str) -> URL:
+        """The replica's URL for ``path``, parsed once (URL parsing is a measurable part of a proxied request)."""
+        url = self._urls.get((book.index, path))
+        if url is None:
+            url = self._urls[(book.index, path)] = URL(book.spec.url + path)
+        return url
 
     def _upstream_headers(self, request: web.Request) -> dict[str, str]:
         """Content type, plus the upstream key; the client's own Authorization only when the proxy has no keys."""
