@@ -111,3 +111,20 @@ def test_every_router_decides_the_same_in_both_worlds(name: str, both_worlds: tu
             pytest.skip(f"the shipped PPO checkpoint {DEFAULT_CHECKPOINT.name} is not in this checkout yet")
     assert make_router(name, seed=7).select(sim_request, sim_snap) == \
         make_router(name, seed=7).select(proxy_request, proxy_snap)
+
+
+@pytest.mark.parametrize("queue_k", [0, 4])
+def test_the_routing_observation_is_the_same_in_both_worlds(queue_k: int, both_worlds: tuple) -> None:  # type: ignore[type-arg]
+    """The PPO router's state builder turns both snapshots into the same vector (queue ages aside: wall clock)."""
+    from rlserve.envs.router_state import StateBuilder
+    from rlserve.rl.config import StateConfig
+
+    sim_snap, sim_request, proxy_snap, proxy_request = both_worlds
+    cfg = StateConfig(max_queue_requests_per_replica=queue_k)
+    sim_obs = StateBuilder(sim_snap.num_replicas, cfg).build(sim_snap, sim_request)
+    proxy_obs = StateBuilder(proxy_snap.num_replicas, cfg).build(proxy_snap, proxy_request)
+    names = StateBuilder(sim_snap.num_replicas, cfg).feature_names()
+    differing = {names[i] for i in np.flatnonzero(~np.isclose(sim_obs, proxy_obs))}
+    assert len(sim_obs) == len(proxy_obs) > 50
+    assert {n for n in differing if not n.endswith("_age_s")} == set()
+    assert bool(differing) == (queue_k > 0)  # the ages are the only difference, and only when they are features
