@@ -40,7 +40,7 @@ import numpy as np
 
 from rlserve.policies import ROUTERS, make_router
 from rlserve.serve import ProxyConfig, ReplicaSpec, RouterProxy
-from rlserve.serve.runner import EVENT_LOOPS, loop_factory
+from rlserve.serve.runner import EVENT_LOOPS, loop_factory, single_threaded_torch
 from rlserve.telemetry.vllm_metrics import VllmMetrics
 from rlserve.workload.request import Request
 
@@ -151,32 +151,34 @@ async def load_test(args: argparse.Namespace, paths: dict[str, list[str]]) -> li
     return rows
 
 
-def decision_times(num_replicas: int, iterations: int) -> dict[str, tuple[float, float]]:
-    """p50/p99 of RouterProxy.decide (snapshot build + router.select) per router, in microseconds."""
+def _loaded_proxy(router: object, num_replicas: int, rng: np.random.Generator) -> RouterProxy:
+    """A RouterProxy (not started) whose bookkeeping holds a loaded cluster: outstanding requests, engine metrics."""
+    specs = tuple(ReplicaSpec(f"http://127.0.0.1:{9000 + i}", max_num_seqs=64) for i in range(num_replicas))
+    proxy = RouterProxy(ProxyConfig(replicas=specs), router)  # type: ignore[arg-type]
+    for b in proxy.books:
+        for rid in range(int(rng.integers(5, 40))):
+            t = b.add(rid, 0.0, int(rng.integers(10, 2000)), int(rng.integers(10, 500)))
+            if rid % 2:
+                b.first_token(t, 0.1)
+                b.tokens(t, 5)
+            b.gate.in_flight += 1
+        b.engine = VllmMetrics(kv_cache_usage=float(rng.uniform(0.1, 0.9)), num_requests_running=20,
+                               num_requests_waiting=3, num_preemptions_total=1, num_gpu_blocks=8000, block_size=16)
+    return proxy
+
+
+def decision_time_us(router: object, num_replicas: int, iterations: int) -> tuple[float, float]:
+    """p50/p99 of RouterProxy.decide (snapshot build + router.select), in microseconds."""
     rng = np.random.default_rng(0)
-    out = {}
-    for name in sorted(ROUTERS):
-        specs = tuple(ReplicaSpec(f"http://127.0.0.1:{9000 + i}", max_num_seqs=64) for i in range(num_replicas))
-        proxy = RouterProxy(ProxyConfig(replicas=specs), make_router(name, seed=0))
-        for b in proxy.books:  # a loaded cluster: outstanding requests, a scrape of engine metrics
-            for rid in range(int(rng.integers(5, 40))):
-                t = b.add(rid, 0.0, int(rng.integers(10, 2000)), int(rng.integers(10, 500)))
-                if rid % 2:
-                    b.first_token(t, 0.1)
-                    b.tokens(t, 5)
-                b.gate.in_flight += 1
-            b.engine = VllmMetrics(kv_cache_usage=float(rng.uniform(0.1, 0.9)), num_requests_running=20,
-                                   num_requests_waiting=3, num_preemptions_total=1, num_gpu_blocks=8000,
-                                   block_size=16)
-        times = np.empty(iterations)
-        for i in range(iterations):
-            req = Request(id=i, arrival_s=1.0 + i * 1e-3, prompt_tokens=int(rng.integers(10, 2000)),
-                          output_tokens=int(rng.integers(10, 500)))
-            t0 = time.perf_counter()
-            proxy.decide(req)
-            times[i] = time.perf_counter() - t0
-        out[name] = (float(np.percentile(times, 50)) * 1e6, float(np.percentile(times, 99)) * 1e6)
-    return out
+    proxy = _loaded_proxy(router, num_replicas, rng)
+    times = np.empty(iterations)
+    for i in range(iterations):
+        req = Request(id=i, arrival_s=1.0 + i * 1e-3, prompt_tokens=int(rng.integers(10, 2000)),
+                      output_tokens=int(rng.integers(10, 500)))
+        t0 = time.perf_counter()
+        proxy.decide(req)
+        times[i] = time.perf_counter() - t0
+    return float(np.percentile(times, 50)) * 1e6, float(np.percentile(times, 99)) * 1e6
 
 
 def main() -> None:
@@ -187,6 +189,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16, help="streamed tokens per response")
     p.add_argument("--decision-iterations", type=int, default=20_000)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--ppo-checkpoint", default=None, help="PPO checkpoint to time (default: the shipped one)")
     p.add_argument("--client-loop", choices=EVENT_LOOPS, default="auto", help="event loop of the load client")
     p.add_argument("--quick", action="store_true", help="short smoke run (rates 50,100; 1 s phases; 1 round)")
     args = p.parse_args()
@@ -196,14 +199,24 @@ def main() -> None:
     print(f"# host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}", flush=True)
     gc.collect()
     gc.freeze()  # as run_proxy does before serving: decisions are timed in the same conditions
-    decisions = {n: decision_times(n, args.decision_iterations) for n in (2, 8)}
+    heuristics = sorted(name for name in ROUTERS if name != "ppo")
+    decisions = {str(n): {name: decision_time_us(make_router(name, seed=0), n, args.decision_iterations)
+                          for name in heuristics} for n in (2, 8)}
     print("\nrouting decision time (snapshot build + router.select), microseconds")
     print(f"{'router':<24}{'2 replicas p50':>16}{'p99':>10}{'8 replicas p50':>18}{'p99':>10}")
-    for name in decisions[2]:
-        (a50, a99), (b50, b99) = decisions[2][name], decisions[8][name]
+    for name in heuristics:
+        (a50, a99), (b50, b99) = decisions["2"][name], decisions["8"][name]
         print(f"{name:<24}{a50:>16.1f}{a99:>10.1f}{b50:>18.1f}{b99:>10.1f}")
-    if "ppo" not in decisions[2]:
-        print("(ppo router not registered in this checkout: not measured)")
+    ppo_checkpoint = args.ppo_checkpoint or _shipped_ppo_checkpoint()
+    if ppo_checkpoint is not None and Path(ppo_checkpoint).exists():
+        ppo = make_router(f"ppo:{ppo_checkpoint}", seed=0)
+        single_threaded_torch()  # as run_proxy does
+        n = int(ppo.num_replicas)  # type: ignore[attr-defined]
+        p50, p99 = decision_time_us(ppo, n, args.decision_iterations)
+        decisions[f"ppo_{n}"] = {"ppo": (p50, p99)}
+        print(f"{'ppo':<24}{f'{n} replicas p50':>16} {p50:.1f}  p99 {p99:.1f}   ({ppo_checkpoint})")
+    else:
+        print("ppo: no checkpoint (none shipped in this checkout; pass --ppo-checkpoint): not measured")
 
     fake_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     cmds = [[sys.executable, "-m", "rlserve.testing.fake_openai_server", "--port", u.rsplit(":", 1)[1]]
@@ -243,6 +256,14 @@ def main() -> None:
         if mode != "proxy_asyncio":
             print(f"{mode}_added_p99_ms={max(r[mode + '_added_p99_ms'] for r in rows):.3f}")
     print(f"proxy_added_p99_ms={max(r['proxy_asyncio_added_p99_ms'] for r in rows):.3f}")
+
+
+def _shipped_ppo_checkpoint() -> Path | None:
+    try:
+        from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT
+    except ImportError:  # the PPO router needs torch
+        return None
+    return DEFAULT_CHECKPOINT
 
 
 def _sample(text: str, name: str) -> float:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -59,6 +60,17 @@ def proxy_in_thread(config: ProxyConfig, router: Router | None = None) -> Iterat
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
+def single_threaded_torch() -> None:
+    """One intra-op thread for a torch policy (the PPO router), if torch is loaded at all.
+
+    The proxy decides one request at a time on one thread; splitting a batch-of-one forward pass over every core
+    only adds synchronisation (measured: ~3.5x slower on 2 cores, docs/serve.md).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def loop_factory(event_loop: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event-loop constructor for ``event_loop``: ``uvloop`` (libuv; roughly halves the proxy's own overhead),
     ``asyncio`` (the standard loop, ``None``), or ``auto`` (uvloop when installed).
@@ -98,6 +110,7 @@ def run_proxy(config: ProxyConfig, router: Router | None = None,
             # 164 ms to under 1 ms; docs/serve.md).
             gc.collect()
             gc.freeze()
+            single_threaded_torch()
             if on_started is not None:
                 on_started(proxy)
             await stop.wait()
