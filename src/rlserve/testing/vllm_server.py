@@ -163,7 +163,7 @@ class VllmServer:
         self._requested_port = port
         self.port = port or 0
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="rlserve-vllm-"))
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="rlserve-vllm-work-"))
         self.log_path = self.work_dir / "server.log"
         self.tmp_dir: Path | None = None
         """The server's TMPDIR, created by :meth:`start` and removed by :meth:`stop`."""
@@ -394,7 +394,7 @@ class VllmServer:
 def _short_tmp_dir() -> Path:
     """A new private directory with a path short enough for vLLM's IPC sockets (see module docstring)."""
     parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix="rlserve-vllm-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix="rlserve-vllm-tmp-", dir=parent))
     if len(str(path)) > _MAX_TMPDIR_LEN:
         shutil.rmtree(path, ignore_errors=True)
         raise ConfigError(f"temporary dir {path} is too long for vLLM's IPC socket paths; set TMPDIR shorter")
