@@ -92,9 +92,9 @@ def test_truncated_steps_are_stored_as_not_terminated(monkeypatch) -> None:
     stored: list[float] = []
     orig = DQNAgent.remember
 
-    def spy(self: DQNAgent, obs, action, reward, next_obs, terminated) -> None:  # type: ignore[no-untyped-def]
+    def spy(self: DQNAgent, obs, action, reward, next_obs, terminated, truncated=False) -> None:  # type: ignore[no-untyped-def]
         stored.append(float(terminated))
-        orig(self, obs, action, reward, next_obs, terminated)
+        orig(self, obs, action, reward, next_obs, terminated, truncated)
 
     monkeypatch.setattr(DQNAgent, "remember", spy)
     # the goal is unreachable in 5 steps: every episode is truncated, no transition may be stored as terminal
@@ -117,7 +117,7 @@ def test_double_dqn_target_by_hand() -> None:
             p.add_(0.3)
     next_obs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]])
     batch = ReplayBatch(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([1.0, -2.0]), next_obs,
-                        torch.tensor([0.0, 1.0]))
+                        torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]))
     with torch.no_grad():
         a_star = agent.q(next_obs).argmax(dim=1)
         q_eval = agent.q_target(next_obs)[torch.arange(2), a_star]
@@ -129,6 +129,33 @@ def test_double_dqn_target_by_hand() -> None:
     with torch.no_grad():
         q_max = agent.q_target(next_obs).max(dim=1).values
     torch.testing.assert_close(classic.td_target(batch), torch.tensor([1.0 + 0.5 * float(q_max[0]), -2.0]))
+
+
+def test_n_step_transitions_by_hand() -> None:
+    cfg = small_config(gamma=0.5, n_step=3)
+    agent = DQNAgent(DuelingQNetwork(1, 2, (4,)), 1, 2, cfg, np.random.default_rng(0))
+    s = [np.array([float(i)], np.float32) for i in range(6)]
+    for t in range(4):  # rewards 1, 2, 3, 4
+        agent.remember(s[t], t % 2, float(t + 1), s[t + 1], False)
+    b = agent.buffer
+    assert len(b) == 2  # two full 3-step transitions so far: from s0 and s1
+    np.testing.assert_allclose(b.rewards[:2], [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3 + 0.25 * 4])
+    np.testing.assert_allclose(b.next_obs[:2, 0], [3.0, 4.0])
+    np.testing.assert_allclose(b.discount[:2], [0.125, 0.125])
+    agent.remember(s[4], 0, 5.0, s[5], False, truncated=True)  # the episode is cut: flush s2, s3, s4
+    assert len(b) == 5
+    np.testing.assert_allclose(b.rewards[2:5], [3 + 0.5 * 4 + 0.25 * 5, 4 + 0.5 * 5, 5.0])
+    np.testing.assert_allclose(b.next_obs[2:5, 0], [5.0, 5.0, 5.0])  # truncated: all bootstrap from s5
+    np.testing.assert_allclose(b.discount[2:5], [0.125, 0.25, 0.5])
+    assert not b.terminated[:5].any()
+
+
+def test_n_step_learns_the_chain_too() -> None:
+    env = ChainEnv()
+    cfg = small_config(n_step=3)
+    q = DuelingQNetwork(env.n, 2, cfg.hidden_sizes)
+    train(env, q, cfg, kind="test")
+    assert greedy_rollout(q, env) == (True, env.n - 1)
 
 
 def test_epsilon_decays_linearly_then_stays() -> None:

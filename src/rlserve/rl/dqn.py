@@ -9,9 +9,11 @@ termination: the episode was cut, the state still has a future, so its target bo
 One training step, in order (``train``):
 
 1. epsilon-greedy action (epsilon decays linearly from ``eps_start`` to ``eps_end`` over ``eps_decay_steps``);
-2. ``env.step``; store ``(obs, action, reward, next_obs, terminated)``;
+2. ``env.step``; store ``(obs, action, reward, next_obs, terminated)``, or with ``n_step > 1`` the n-step
+   transition ``(s_t, a_t, r_t + gamma r_{t+1} + ... + gamma^(k-1) r_{t+k-1}, s_{t+k})``, ``k = n`` except at an
+   episode's end, where the pending steps are flushed with shorter ``k``;
 3. every ``train_frequency`` steps after ``learning_starts``: sample a minibatch, double-DQN target
-   ``r + gamma * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a))`` (van Hasselt et al., 2016), Huber
+   ``R + gamma^k * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a))`` (van Hasselt et al., 2016), Huber
    loss, gradient-norm clipping, Adam step;
 4. every ``target_update_interval`` gradient steps: copy the online network into the target network.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +75,9 @@ class DQNConfig:
     """Huber loss threshold: quadratic below it, linear above (robust to rare large TD errors)."""
     double: bool = True
     """Double DQN target (online argmax, target evaluation); False = classic max over the target network."""
+    n_step: int = 1
+    """Steps of real reward before bootstrapping (Sutton 1988; Rainbow uses 3): a penalty reaches the decision
+    that caused it n times faster, at the price of some off-policy bias."""
     hidden_sizes: tuple[int, ...] = (128, 128)
     """Widths of the Q-network's hidden layers (used by callers that build the network from the config)."""
     seed: int = 0
@@ -84,7 +90,8 @@ class DQNConfig:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0 <= self.eps_end <= self.eps_start <= 1:
             raise ConfigError(f"need 0 <= eps_end <= eps_start <= 1, got {self.eps_end}, {self.eps_start}")
-        for name in ("total_steps", "buffer_size", "batch_size", "train_frequency", "target_update_interval"):
+        for name in ("total_steps", "buffer_size", "batch_size", "train_frequency", "target_update_interval",
+                     "n_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DQN {name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size > self.buffer_size:
@@ -108,6 +115,7 @@ class ReplayBatch(NamedTuple):
     rewards: torch.Tensor
     next_obs: torch.Tensor
     terminated: torch.Tensor
+    discount: torch.Tensor  # gamma^k of the stored k-step transition
 
 
 class ReplayBuffer:
@@ -120,17 +128,19 @@ class ReplayBuffer:
         self.actions = np.zeros(capacity, np.int64)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
+        self.discount = np.zeros(capacity, np.float32)
         self.pos = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
-        """Store one transition, overwriting the oldest when full."""
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
+            discount: float) -> None:
+        """Store one transition (``discount`` = gamma^k of a k-step one), overwriting the oldest when full."""
         i = self.pos
         self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
-        self.next_obs[i], self.terminated[i] = next_obs, float(terminated)
+        self.next_obs[i], self.terminated[i], self.discount[i] = next_obs, float(terminated), discount
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -139,7 +149,7 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=batch_size)
         return ReplayBatch(torch.from_numpy(self.obs[idx]), torch.from_numpy(self.actions[idx]),
                            torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.next_obs[idx]),
-                           torch.from_numpy(self.terminated[idx]))
+                           torch.from_numpy(self.terminated[idx]), torch.from_numpy(self.discount[idx]))
 
     def state_dict(self) -> dict[str, Any]:
         """The filled part of the buffer plus its write position."""
@@ -147,14 +157,15 @@ class ReplayBuffer:
         return {"obs": torch.from_numpy(self.obs[:n].copy()), "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
                 "actions": torch.from_numpy(self.actions[:n].copy()),
                 "rewards": torch.from_numpy(self.rewards[:n].copy()),
-                "terminated": torch.from_numpy(self.terminated[:n].copy()), "pos": self.pos, "size": n}
+                "terminated": torch.from_numpy(self.terminated[:n].copy()),
+                "discount": torch.from_numpy(self.discount[:n].copy()), "pos": self.pos, "size": n}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (the capacity must be the same)."""
         n = int(state["size"])
         if n > self.capacity:
             raise ConfigError(f"checkpointed replay buffer holds {n} transitions, capacity is {self.capacity}")
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "discount"):
             getattr(self, name)[:n] = state[name].numpy()
         self.pos, self.size = int(state["pos"]), n
 
@@ -177,6 +188,7 @@ class DQNAgent:
         self.rng = rng
         self.steps = 0  # transitions remembered
         self.updates = 0  # gradient steps taken
+        self._pending: deque[tuple[np.ndarray, int, float]] = deque()  # steps not yet stored (n-step)
 
     @property
     def epsilon(self) -> float:
@@ -196,21 +208,38 @@ class DQNAgent:
             return int(self.rng.integers(self.n_actions))
         return int(np.argmax(self.q_values(obs)))
 
-    def remember(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
-        """Store a transition. ``terminated`` only for a real end; a truncated step is stored as not terminated."""
-        self.buffer.add(obs, action, reward, next_obs, terminated)
+    def remember(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
+                 truncated: bool = False) -> None:
+        """Store a transition (n-step: once ``n`` are pending, or all at the episode's end).
+
+        ``terminated`` only for a real end (no bootstrap); ``truncated`` (a time limit) ends the episode too but
+        the stored transitions still bootstrap from ``next_obs``.
+        """
+        self._pending.append((obs, action, reward))
         self.steps += 1
+        if len(self._pending) == self.config.n_step:
+            self._store_pending(next_obs, terminated)
+        if terminated or truncated:
+            while self._pending:
+                self._store_pending(next_obs, terminated)
+
+    def _store_pending(self, next_obs: np.ndarray, terminated: bool) -> None:
+        """Store the oldest pending step as a k-step transition ending in ``next_obs`` (k = steps pending)."""
+        gamma = self.config.gamma
+        ret = sum(gamma**i * r for i, (_, _, r) in enumerate(self._pending))
+        obs, action, _ = self._pending.popleft()
+        self.buffer.add(obs, action, ret, next_obs, terminated, gamma ** (len(self._pending) + 1))
 
     @torch.no_grad()
     def td_target(self, batch: ReplayBatch) -> torch.Tensor:
-        """``r + gamma * (1 - terminated) * Q_target(s', a*)`` with ``a*`` from the online net (double DQN)."""
+        """``R + gamma^k * (1 - terminated) * Q_target(s', a*)`` with ``a*`` from the online net (double DQN)."""
         q_next_target = self.q_target(batch.next_obs)
         if self.config.double:
             best = self.q(batch.next_obs).argmax(dim=1, keepdim=True)
             q_next = q_next_target.gather(1, best).squeeze(1)
         else:
             q_next = q_next_target.max(dim=1).values
-        return batch.rewards + self.config.gamma * (1.0 - batch.terminated) * q_next
+        return batch.rewards + batch.discount * (1.0 - batch.terminated) * q_next
 
     def learn(self) -> dict[str, float] | None:
         """One gradient step when due (after ``learning_starts``, every ``train_frequency`` steps), else None."""
@@ -361,7 +390,7 @@ def run_episode(env: gym.Env, agent: DQNAgent, seed: int, log: Logger) -> tuple[
         action = agent.choose_action(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
         # truncation is not termination: the stored transition bootstraps from next_obs
-        agent.remember(obs, action, float(reward), next_obs, bool(terminated))
+        agent.remember(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
         stats = agent.learn()
         if stats is not None:
             for k, v in stats.items():
