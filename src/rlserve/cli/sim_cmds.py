@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlserve.cli.app import app, console
-from rlserve.errors import ConfigError
+from rlserve.errors import ConfigError, RlserveError
 from rlserve.metrics import Summary, mean_ci95
 from rlserve.scenario import Scenario, list_scenarios, load_scenario
 from rlserve.sim import BATCHING_MODES, ClusterSimulator, SimResult
@@ -156,8 +156,8 @@ def parse_router_list(routers: str) -> list[str]:
             try:
                 make_router("ppo")
                 names.append("ppo")
-            except ConfigError:
-                pass  # no shipped checkpoint fits this build; heuristics only
+            except RlserveError as exc:  # no usable shipped checkpoint: heuristics only, and say so
+                console.print(f"[yellow]ppo router left out: {exc}[/]")
         return names
     names = [r.strip() for r in routers.split(",") if r.strip()]
     if not names:
