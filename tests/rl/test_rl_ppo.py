@@ -70,3 +70,18 @@ def test_resume_errors(tmp_path):
     train(_cfg(total_updates=1), _envs(), out_dir=tmp_path / "x")
     with pytest.raises(InputError, match="state_dim=3"):
         train(_cfg(total_updates=2), [lambda: ArgmaxEnv(n=4)] * 2, out_dir=tmp_path / "x", resume=True)
+
+
+def test_validation_callback_selects_best_and_keeps_resume_exact(tmp_path):
+    def score(path):
+        torch.rand(100)  # validation may use torch's RNG; training must not notice
+        return -abs(torch.load(path, weights_only=True)["update"] - 2)
+
+    cfg = _cfg(total_updates=4, checkpoints={"checkpoint_interval": 1, "validation_interval": 1})
+    straight = train(cfg, _envs(), out_dir=tmp_path / "a", validate=score)
+    assert straight.best_score == 0 and torch.load(straight.best_path, weights_only=True)["update"] == 2
+    assert [h["validation/score"] for h in straight.history] == [-1, 0, -1, -2]  # update 0 (pre-PPO) then 1..4
+    train(cfg, _envs(), out_dir=tmp_path / "b", validate=score, stop_after_updates=3)
+    resumed = train(cfg, _envs(), out_dir=tmp_path / "b", validate=score, resume=True)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -6,6 +6,7 @@ import sys
 
 from rlserve.cli import (
     energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
+    router_cmds,  # noqa: F401  (registers train/evaluate router)
     serve_cmds,  # noqa: F401  (registers serve)
     sim_cmds,  # noqa: F401  (registers simulate, compare)
     telemetry_cmds,  # noqa: F401  (registers bench, monitor, state)

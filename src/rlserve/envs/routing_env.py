@@ -26,7 +26,7 @@ from rlserve.envs.router_state import StateBuilder
 from rlserve.envs.scenario_sampler import RANDOMIZED, SampledScenario, ScenarioSampler
 from rlserve.policies import Router, make_router
 from rlserve.rl.config import RewardConfig, StateConfig
-from rlserve.sim import ClusterSimulator
+from rlserve.sim import ClusterSimulator, simulate
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Request
 
@@ -82,6 +82,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             workload = self.current.scenario.build_workload(workload_seed)
         self.sim = ClusterSimulator(self.current.scenario.cluster, workload, seed=workload_seed)
         self._routers = {}
+        self._best: tuple[tuple[str, ...], str] | None = None
         self._router_seed = int(rng.integers(2**31 - 1))
         self.state_builder.reset()
         self.reward_calculator.reset()
@@ -177,6 +178,26 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     def snapshot(self) -> ClusterSnapshot | None:
         """The snapshot the current observation was built from."""
         return self._snapshot
+
+    def best_heuristic(self, candidates: Sequence[str]) -> str:
+        """The candidate whose routing of this episode's whole workload gives the lowest mean E2E + mean TTFT.
+
+        Hindsight teacher selection: each candidate is simulated on the episode's cluster and workload once (cached
+        for the episode). No single heuristic is best everywhere (the least-expected-latency estimate misjudges
+        KV-bound clusters, request counting misjudges heterogeneous ones), so demonstrations follow whichever
+        is best for the situation at hand.
+        """
+        if self.sim is None:
+            raise RuntimeError("call reset() first")
+        key = tuple(candidates)
+        if self._best is None or self._best[0] != key:
+            costs = {}
+            for name in candidates:
+                summary = simulate(self.sim.cluster, self.sim.workload,
+                                   make_router(name, seed=self._router_seed)).summary()
+                costs[name] = summary.e2e_s["mean"] + summary.ttft_s["mean"]
+            self._best = (key, min(costs, key=costs.__getitem__))
+        return self._best[1]
 
     def heuristic_action(self, router: str) -> int:
         """The replica the named heuristic router would choose for the current request in the current state."""

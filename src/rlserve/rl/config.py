@@ -189,12 +189,13 @@ class WarmStartConfig:
     """Decisions (per environment) that only update the observation/reward normalisers before any learning."""
     enabled: bool = True
     """Behaviour-clone the teacher before PPO (demonstrations are recorded during stabilisation)."""
-    behaviour: list[str] = field(default_factory=lambda: ["random", "round_robin", "least_outstanding",
-                                                          "least_expected_latency"])
-    """Routers that drive the cluster while demonstrations are recorded, one per episode in turn; random and
-    round robin create the imbalanced situations a single good router never visits."""
-    teacher: str = "least_expected_latency"
-    """Router whose choice in every visited state is the demonstration label."""
+    behaviour: list[str] = field(default_factory=lambda: ["teacher", "random", "teacher", "round_robin"])
+    """Routers that drive the cluster while demonstrations are recorded, one per episode in turn (``teacher`` =
+    the episode's teacher); random and round robin create the imbalanced situations a good router never visits."""
+    teacher: list[str] = field(default_factory=lambda: ["least_expected_latency", "least_outstanding",
+                                                        "join_shortest_queue", "least_kv", "power_of_two"])
+    """Candidate teachers; each episode is labelled by the one that serves that episode's workload best (in
+    hindsight, by mean E2E + mean TTFT). One name = always that router."""
     bc_epochs: int = 10
     """Epochs of behaviour cloning over the demonstrations."""
     bc_lr: float = 1e-3
@@ -229,6 +230,13 @@ class CheckpointConfig:
     """Write ``OUT/checkpoint.pt`` (atomically) during training and at the end."""
     checkpoint_interval: int = 10
     """Updates between checkpoints (seed: 100)."""
+    validation_interval: int = 10
+    """Updates between validations (scores on fixed validation scenarios; the best checkpoint becomes
+    ``best.pt``). The behaviour-cloned policy is validated too, so PPO must beat it to be kept; 0 = never."""
+    validation_scenarios: int = 8
+    """Randomised scenarios (drawn once from a fixed seed, never the benchmark's) in the validation set."""
+    validation_requests: int = 800
+    """Requests per validation scenario."""
 
 
 @dataclass

@@ -27,6 +27,8 @@ seed and the actions taken so far (the simulator needs no pickling, and the chec
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # the scalars dumped after each update
     bc_stats: dict[str, float] = field(default_factory=dict)  # behaviour cloning's final loss and accuracy
     model: ActorCritic | None = None
+    best_path: Path | None = None  # the best validated checkpoint (with a validate callback)
+    best_score: float = -float("inf")
 
 
 class PPOTrainer:
@@ -228,6 +232,7 @@ def metric_fields(action_dim: int, info_keys: Sequence[str]) -> list[str]:
                "rollout/reward/scaled_mean"]
             + [f"rollout/action/frac_{a}" for a in range(action_dim)]
             + sorted(info_keys)
+            + ["validation/score", "validation/best_score"]
             + ["time/updates", "time/env_steps", "time/decisions_per_s", "time/wall_s"])
 
 
@@ -235,7 +240,8 @@ def metric_fields(action_dim: int, info_keys: Sequence[str]) -> list[str]:
 def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir: str | Path | None = None,
           resume: bool = False, demonstrator: Demonstrator | None = None, metadata: dict[str, Any] | None = None,
           info_keys: Sequence[str] = (), stop_after_updates: int | None = None,
-          progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, dict[str, float]], None] | None = None,
+          validate: Callable[[Path], float] | None = None) -> TrainResult:
     """Train a recurrent actor-critic with PPO on ``len(env_fns)`` lockstep environments.
 
     Args:
@@ -248,6 +254,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         info_keys: numeric ``info`` entries (``rollout/...`` / ``system/...``) averaged and logged per update.
         stop_after_updates: stop (with a checkpoint) after this many updates in total, as if killed; tests use it.
         progress: called after every update with (update, total_updates, scalars).
+        validate: scores a checkpoint file (higher = better) after behaviour cloning and every
+            ``checkpoints.validation_interval`` updates; the best one is copied to ``out_dir/best.pt``.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
@@ -277,6 +285,7 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
     reference: ActorCritic | None = None
     update, env_steps, wall_before = 0, 0, 0.0
     bc_stats: dict[str, float] = {}
+    best_score = -float("inf")
 
     if resume:
         assert ck_path is not None
@@ -292,6 +301,7 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         temp_ctl.load_state_dict(data["temperature"])
         update, env_steps, wall_before = data["update"], data["env_steps"], data["wall_s"]
         bc_stats = dict(data["bc_stats"])
+        best_score = float(data["best_score"])
         runner.episode = list(data["episodes"])
         obs_raw = np.stack([runner.replay(i, list(a)) for i, a in enumerate(data["episode_actions"])])
         runner.ep_return = np.asarray(data["ep_return"], np.float64)
@@ -311,10 +321,20 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         hxs = model.initial_state(p.num_envs)
         masks = torch.zeros(p.num_envs)  # every environment is at an episode start (hidden state from zero)
 
+    logger = _make_logger(cfg, out, action_dim, info_keys)
+
+    def save(update: int, env_steps: int) -> None:
+        save_checkpoint(ck_path, _checkpoint_payload(  # type: ignore[arg-type]
+            cfg, model, optimizer, reference, obs_norm, ret_scaler, temp_ctl, rng, update, env_steps,
+            wall_before + time.perf_counter() - t_start, runner, hxs, masks, obs_dim, action_dim, metadata, bc_stats,
+            best_score), kind=CHECKPOINT_KIND)
+
+    if not resume and validate is not None and ck_path is not None:
+        save(update, env_steps)  # the behaviour-cloned policy is the first candidate for best.pt
+        best_score = _validate(validate, ck_path, best_score, logger)
     trainer = PPOTrainer(model, optimizer, cfg, reference)
     buffer = RolloutBuffer(p.num_steps, p.num_envs, obs_dim, action_dim, (hxs.shape[0], hxs.shape[2]),
                            p.gamma, p.gae_lambda)
-    logger = _make_logger(cfg, out, action_dim, info_keys)
     history: list[dict[str, float]] = []
     last = stop_after_updates if stop_after_updates is not None else cfg.total_updates
     ppo_steps, ppo_wall = 0, 0.0
@@ -352,24 +372,43 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         logger.record("time/env_steps", env_steps)
         logger.record("time/decisions_per_s", ppo_steps / ppo_wall)
         logger.record("time/wall_s", wall_before + time.perf_counter() - t_start)
+        is_last = update >= min(last, cfg.total_updates)
+        validate_now = validate is not None and ck_path is not None and (
+            is_last or update % cfg.checkpoints.validation_interval == 0)
+        if ck_path is not None and cfg.checkpoints.enable_checkpoints and (
+                is_last or validate_now or update % cfg.checkpoints.checkpoint_interval == 0):
+            save(update, env_steps)
+        if validate_now:
+            best_score = _validate(validate, ck_path, best_score, logger)  # type: ignore[arg-type]
+            save(update, env_steps)  # again, so the checkpoint knows the best score so far
         scalars = logger.dump(update)
         history.append(scalars)
         if progress is not None:
             progress(update, cfg.total_updates, scalars)
-        is_last = update >= min(last, cfg.total_updates)
-        if ck_path is not None and cfg.checkpoints.enable_checkpoints and (
-                is_last or update % cfg.checkpoints.checkpoint_interval == 0):
-            save_checkpoint(ck_path, _checkpoint_payload(
-                cfg, model, optimizer, reference, obs_norm, ret_scaler, temp_ctl, rng, update, env_steps,
-                wall_before + time.perf_counter() - t_start, runner, hxs, masks, obs_dim, action_dim, metadata,
-                bc_stats),
-                kind=CHECKPOINT_KIND)
     logger.close()
     runner.close()
     wall = time.perf_counter() - t_start
+    best_path = ck_path.with_name("best.pt") if ck_path is not None else None
     return TrainResult(ck_path if ck_path is not None and ck_path.exists() else None, update, env_steps,
                        wall_before + wall, ppo_steps / ppo_wall if ppo_wall else float("nan"), history, bc_stats,
-                       model)
+                       model, best_path if best_path is not None and best_path.exists() else None, best_score)
+
+
+def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: float, logger: Logger) -> float:
+    """Score the checkpoint just written; copy it to ``best.pt`` when it beats every earlier one.
+
+    Runs inside ``torch.random.fork_rng`` so that validation never shifts the training's random streams (a resumed
+    run, which does not repeat earlier validations, must continue with the same numbers).
+    """
+    with torch.random.fork_rng():
+        score = float(validate(ck_path))
+    logger.record("validation/score", score)
+    if score > best_score:
+        shutil.copyfile(ck_path, ck_path.with_name(".best.pt.tmp"))
+        os.replace(ck_path.with_name(".best.pt.tmp"), ck_path.with_name("best.pt"))
+        best_score = score
+    logger.record("validation/best_score", best_score)
+    return best_score
 
 
 def _build_model(cfg: TrainConfig, obs_dim: int, action_dim: int) -> ActorCritic:
@@ -475,7 +514,8 @@ def _checkpoint_payload(cfg: TrainConfig, model: ActorCritic, optimizer: torch.o
                         reference: ActorCritic | None, obs_norm: RunningNormalizer, ret_scaler: ReturnScaler,
                         temp_ctl: TemperatureController, rng: np.random.Generator, update: int, env_steps: int,
                         wall_s: float, runner: _EnvRunner, hxs: torch.Tensor, masks: torch.Tensor, obs_dim: int,
-                        action_dim: int, metadata: dict[str, Any] | None, bc_stats: dict[str, float]) -> dict[str, Any]:
+                        action_dim: int, metadata: dict[str, Any] | None, bc_stats: dict[str, float],
+                        best_score: float) -> dict[str, Any]:
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "reference": reference.state_dict() if reference is not None else None,
@@ -485,5 +525,6 @@ def _checkpoint_payload(cfg: TrainConfig, model: ActorCritic, optimizer: torch.o
         "episodes": list(runner.episode), "episode_actions": [list(a) for a in runner.actions],
         "ep_return": runner.ep_return.tolist(), "ep_len": runner.ep_len.tolist(),
         "hxs": hxs.clone(), "masks": masks.clone(), "obs_dim": obs_dim, "action_dim": action_dim,
-        "config": cfg.to_dict(), "bc_stats": bc_stats, "metadata": metadata or {},
+        "config": cfg.to_dict(), "bc_stats": bc_stats, "best_score": best_score,
+        "metadata": metadata or {},
     }

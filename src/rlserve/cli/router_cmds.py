@@ -1,0 +1,154 @@
+"""``rlserve train router`` and ``rlserve evaluate router``: the PPO router's training and its judgement.
+
+Evaluation runs the checkpoint and every heuristic router on the same workloads (same seeds) and reports mean
+and 95% confidence interval over seeds of each metric, the same columns ``rlserve compare`` shows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rlserve.cli.app import console, evaluate_app, train_app
+from rlserve.cli.sim_cmds import COLUMNS, HEURISTICS, _fmt, _progress, aggregate, prepare_scenario, run_router
+from rlserve.errors import ConfigError
+from rlserve.metrics import RequestRecords, Summary
+
+EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
+
+
+@train_app.command("router")
+def train_router_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (checkpoint.pt, metrics, tb/).")],
+    scenario: Annotated[list[str] | None, typer.Option(
+        "--scenario", "-s", help="Scenario(s) sampled per episode: built-in names, YAML paths, or 'randomized' "
+        "(default: the config's env.scenarios).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config YAML.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit.")] = False,
+    updates: Annotated[int | None, typer.Option(help="Override total_updates.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+) -> None:
+    """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
+    from rlserve.envs.router_training import train_router
+    from rlserve.rl.config import load_config
+
+    overrides: dict[str, object] = {}
+    if scenario:
+        overrides["env"] = {"scenarios": list(scenario)}
+    if updates is not None:
+        overrides["total_updates"] = updates
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = load_config(config, overrides)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
+        task = progress.add_task("PPO updates", total=cfg.total_updates, stats="stabilising + cloning...")
+
+        def report(update: int, total: int, s: dict[str, float]) -> None:
+            stats = (f"return {s.get('rollout/ep_return_mean', float('nan')):.3g}  "
+                     f"entropy {s['train/entropy']:.2f}  kl {s['train/kl']:.3f}  "
+                     f"{s['time/decisions_per_s']:.0f} decisions/s")
+            progress.update(task, completed=update, stats=stats)
+
+        result = train_router(cfg, out, resume=resume, progress=report)
+    if result.bc_stats:
+        console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
+    console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "
+                  f"{result.decisions_per_s:.0f} decisions/s during PPO; checkpoint: {result.checkpoint_path}")
+
+
+@evaluate_app.command("router")
+def evaluate_router_cmd(
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint.pt (default: the shipped one).")] = None,
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="Built-in name or YAML path.")] = "heterogeneous",
+    seeds: Annotated[int, typer.Option(help="Workload seeds (every router sees the same ones).")] = 5,
+    first_seed: Annotated[int, typer.Option(help="First seed (held-out range).")] = EVAL_FIRST_SEED,
+    num_requests: Annotated[int | None, typer.Option(help="Override the scenario's number of requests.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for plots (metric bars with CIs, CDFs).")] = None,
+) -> None:
+    """PPO router vs every heuristic on the same seeds: mean ± 95% CI of latency, throughput, SLO attainment."""
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    ppo = f"ppo:{checkpoint}" if checkpoint is not None else "ppo"
+    scn = prepare_scenario(scenario, num_requests)
+    routers = [ppo, *HEURISTICS]
+    summaries: dict[str, list[Summary]] = {r: [] for r in routers}
+    first_records: dict[str, RequestRecords] = {}
+    wall: dict[str, float] = dict.fromkeys(routers, 0.0)
+    with _progress() as progress:
+        overall = progress.add_task("all runs", total=len(routers) * seeds)
+        for seed in range(first_seed, first_seed + seeds):
+            for r in routers:
+                t = time.perf_counter()
+                result = run_router(scn, r, seed, progress)
+                wall[r] += time.perf_counter() - t
+                summaries[r].append(result.summary(scn.slo))
+                first_records.setdefault(r, result.records)
+                progress.advance(overall)
+    aggregated = {r: aggregate(s) for r, s in summaries.items()}
+    table = Table(title=f"{scn.name}: mean ± 95% CI over seeds {first_seed}..{first_seed + seeds - 1}")
+    table.add_column("router")
+    for name, _ in COLUMNS:
+        table.add_column(name, justify="right")
+    for r, agg in aggregated.items():
+        table.add_row(r, *(f"{_fmt(agg[c]['mean'])} ± {_fmt(agg[c]['ci95'])}" for c, _ in COLUMNS))
+    console.print(table)
+    best = best_heuristic(aggregated, exclude=(ppo, "random", "round_robin", "least_expected_latency"))
+    gains = relative_gains(aggregated[ppo], aggregated[best])
+    console.print(f"PPO vs best count-based heuristic ({best}): mean E2E {gains['E2E mean s']:+.1%}, "
+                  f"TTFT p99 {gains['TTFT p99 ms']:+.1%} (positive = PPO lower)")
+    if json_out is not None:
+        from rlserve.report.run_output import write_json
+
+        write_json(json_out, {"scenario": scn.name, "seeds": list(range(first_seed, first_seed + seeds)),
+                              "checkpoint": str(checkpoint) if checkpoint else "shipped", "routers": aggregated,
+                              "best_heuristic": best, "gain_vs_best": gains, "wall_s": wall,
+                              "runs": {r: [s.to_dict() for s in ss] for r, ss in summaries.items()}})
+        console.print(f"wrote {json_out}")
+    if plots is not None:
+        from rlserve.report.run_output import latency_cdf_plot
+
+        plots.mkdir(parents=True, exist_ok=True)
+        metric_bars(aggregated, plots / "router_metrics.png", title=scn.name)
+        latency_cdf_plot(first_records, plots / "latency_cdf.png")
+        console.print(f"wrote {plots / 'router_metrics.png'}, {plots / 'latency_cdf.png'}")
+
+
+def best_heuristic(aggregated: dict[str, dict[str, dict[str, float]]], exclude: tuple[str, ...]) -> str:
+    """The router with the lowest mean E2E among those not excluded."""
+    candidates = {r: a["E2E mean s"]["mean"] for r, a in aggregated.items() if r not in exclude}
+    return min(candidates, key=candidates.__getitem__)
+
+
+def relative_gains(ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``1 - ours / theirs`` for the lower-is-better latency columns (positive = ours is better)."""
+    cols = ("TTFT p50 ms", "TTFT p99 ms", "TPOT p99 ms", "E2E mean s", "E2E p99 s")
+    return {c: 1.0 - ours[c]["mean"] / theirs[c]["mean"] for c in cols}
+
+
+def metric_bars(aggregated: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
+    """One panel per metric: a bar per router with its 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ("TTFT p50 ms", "TTFT p99 ms", "TPOT p99 ms", "E2E mean s", "E2E p99 s", "tok/s", "SLO %")
+    routers = list(aggregated)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4))
+    for ax, m in zip(axes, metrics, strict=True):
+        means = [aggregated[r][m]["mean"] for r in routers]
+        errs = [aggregated[r][m]["ci95"] for r in routers]
+        ax.bar(range(len(routers)), means, yerr=errs, capsize=3, color=["C3"] + ["C0"] * (len(routers) - 1))
+        ax.set_xticks(range(len(routers)), routers, rotation=70, fontsize=7)
+        ax.set_title(m, fontsize=9)
+    fig.suptitle(f"{title}: mean ± 95% CI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

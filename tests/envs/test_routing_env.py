@@ -1,0 +1,134 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from rlserve.envs.router_reward import RewardCalculator, StepOutcome, load_balance_cv
+from rlserve.envs.router_state import StateBuilder
+from rlserve.envs.routing_env import RoutingEnv
+from rlserve.envs.scenario_sampler import ScenarioSampler
+from rlserve.errors import ConfigError
+from rlserve.policies import make_router
+from rlserve.rl.config import RewardConfig, StateConfig
+from rlserve.scenario import load_scenario
+from rlserve.sim import simulate
+
+
+def test_passes_gymnasium_env_checker():
+    with warnings.catch_warnings():
+        # the checker's advice about unbounded Box limits and about env specs (we build the env directly)
+        warnings.filterwarnings("ignore", message=".*(infinity|spec).*")
+        check_env(RoutingEnv(episode_requests=64), skip_render_check=True)
+
+
+def _run(env, router, seed):
+    obs, info = env.reset(seed=seed)
+    assert obs.shape == env.observation_space.shape and np.isfinite(obs).all()
+    rewards, costs, steps = [], 0.0, 0
+    while True:
+        obs, r, term, trunc, info = env.step(env.heuristic_action(router))
+        assert not term and np.isfinite(obs).all()
+        rewards.append(r)
+        costs += info["rollout/reward/e2e_request_s"]
+        steps += 1
+        if trunc:
+            return rewards, costs, steps
+
+
+def test_episode_matches_simulator_and_cost_sums_to_latency():
+    env = RoutingEnv(["heterogeneous"], episode_requests=300)
+    rewards, e2e_cost, steps = _run(env, "least_outstanding", seed=5)
+    assert steps == 300  # one step per request, truncated after the last
+    # the env dispatches exactly what the router would have done in the simulator itself
+    scn = env.current.scenario
+    ref = simulate(scn.cluster, env.sim.workload, make_router("least_outstanding", seed=env._router_seed))
+    result = env.sim.finish()
+    np.testing.assert_array_equal(result.records.replica, ref.records.replica)
+    # Little's law: request-seconds charged inside the episode = E2E time spent before the last arrival
+    last = env.sim.workload.arrival_s[-1]
+    in_episode = np.minimum(result.records.finish_s, last) - result.records.arrival_s
+    assert e2e_cost == pytest.approx(in_episode.sum(), rel=1e-6)
+    assert sum(rewards) == pytest.approx(-(e2e_cost + sum_ttft(result.records, last)), rel=1e-6)
+
+
+def sum_ttft(records, last):
+    return (np.minimum(np.nan_to_num(records.first_token_s, nan=np.inf), last) - records.arrival_s).sum()
+
+
+def test_capability_aware_teacher_earns_more_reward_on_heterogeneous_cluster():
+    env = RoutingEnv(["heterogeneous"], episode_requests=400)
+    worse, _, _ = _run(env, "round_robin", seed=2)
+    better, _, _ = _run(env, "least_expected_latency", seed=2)
+    assert sum(better) > sum(worse)
+
+
+def test_same_seed_same_episode():
+    a, b = RoutingEnv(episode_requests=50), RoutingEnv(episode_requests=50)
+    oa, ia = a.reset(seed=11)
+    ob, ib = b.reset(seed=11)
+    np.testing.assert_array_equal(oa, ob)
+    assert ia == ib
+    for act in [0, 3, 1, 2, 2]:
+        np.testing.assert_array_equal(a.step(act)[0], b.step(act)[0])
+
+
+def test_state_dimension_and_feature_names():
+    cfg = StateConfig(max_queue_requests_per_replica=4)
+    sb = StateBuilder(4, cfg)
+    # seed formula: N * (11 + 8 + 7K) + 3 + 7, plus our per-replica capability (3) and work (5), request (2)
+    assert sb.get_state_dimension() == 4 * (11 + 8 + 28 + 3 + 5) + 3 + 7 + 2
+    assert len(sb.feature_names()) == sb.get_state_dimension()
+    plain = StateBuilder(2, StateConfig(enable_enhanced_features=False, include_capability=False,
+                                        include_work=False, include_request=False))
+    assert plain.get_state_dimension() == 2 * 11 + 3
+    env = RoutingEnv(["heterogeneous"], episode_requests=20, state=cfg)
+    obs, _ = env.reset(seed=0)
+    for a in [0, 0, 0, 0, 0, 0]:
+        obs, *_ = env.step(a)
+    names = env.state_builder.feature_names()
+    row = dict(zip(names, obs, strict=True))
+    assert row["r0.q0_prompt_tokens"] > 0  # queue views are filled when the world provides them
+    assert row["r0.rel_decode_speed"] == 1.0 and row["r2.rel_decode_speed"] < 0.5  # H100 vs A40
+    assert row["r0.completion_gap_s"] >= 0 and min(row[f"r{i}.completion_gap_s"] for i in range(4)) == 0
+
+
+def test_reward_modes_and_components():
+    out = StepOutcome(dt_s=0.5, e2e_request_s=3.0, ttft_request_s=1.0, finished_e2e_s=np.array([2.0, 8.0]),
+                      outstanding=np.array([1.0, 3.0]))
+    r, info = RewardCalculator(RewardConfig(mode="cost", ttft_weight=2.0)).calculate_reward(out)
+    assert r == -5.0 and info["rollout/reward/cost"] == 5.0
+    assert load_balance_cv(np.array([1.0, 3.0])) == pytest.approx(0.5)
+    calc = RewardCalculator(RewardConfig(mode="instant", latency_threshold_s=4.0, balance_weight=1.0))
+    r, info = calc.calculate_reward(out)
+    assert info["rollout/reward/threshold_penalty"] == pytest.approx(1 - math.exp(-1.0))
+    assert r == pytest.approx(2 - 5.0 - 0.5 - (1 - math.exp(-1.0)))
+    hybrid = RewardCalculator(RewardConfig(mode="hybrid"))
+    r, info = hybrid.calculate_reward(out)
+    assert set(info) == set(hybrid.component_keys())
+    delta = RewardCalculator(RewardConfig(mode="delta", latency_threshold_s=100))
+    delta.calculate_reward(out)
+    r2, _ = delta.calculate_reward(out)  # same interval twice: no change, no penalty
+    assert r2 == 0.0
+
+
+def test_sampler_randomizes_clusters_and_rejects_wrong_sizes():
+    sampler = ScenarioSampler(num_replicas=4)
+    rng = np.random.default_rng(0)
+    draws = [sampler.sample(rng, 100).params for _ in range(40)]
+    assert any(len(set(d["gpus"])) > 1 for d in draws) and any(len(set(d["gpus"])) == 1 for d in draws)
+    assert min(d["rho"] for d in draws) >= 0.3 and max(d["rho"] for d in draws) <= 1.0
+    with pytest.raises(ConfigError, match="trained for env.num_replicas=2"):
+        ScenarioSampler(["heterogeneous"], num_replicas=2)
+    assert load_scenario("heterogeneous").cluster.replicas[0].gpu == "h100-sxm"
+
+
+@pytest.mark.slow
+def test_stable_baselines3_ppo_runs_on_the_env():
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", RoutingEnv(episode_requests=128), n_steps=128, batch_size=64, n_epochs=1, seed=0,
+                device="cpu")
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
