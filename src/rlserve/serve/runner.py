@@ -12,9 +12,9 @@ import contextlib
 import gc
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 
+from rlserve.aio import running_in_thread
 from rlserve.errors import ConfigError
 from rlserve.policies.base import Router
 from rlserve.serve.config import ProxyConfig
@@ -24,37 +24,8 @@ from rlserve.serve.proxy import RouterProxy
 @contextlib.contextmanager
 def proxy_in_thread(config: ProxyConfig, router: Router | None = None) -> Iterator[RouterProxy]:
     """Start a proxy on a daemon thread; yields it once it accepts connections; stops it on exit."""
-    proxy = RouterProxy(config, router)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(proxy.start())
-        except BaseException as exc:  # handed to the caller below
-            failure.append(exc)
-            loop.run_until_complete(proxy.stop())
-            loop.close()
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(proxy.stop())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="rlserve-proxy", daemon=True)
-    thread.start()
-    started.wait()
-    if failure:
-        thread.join()
-        raise failure[0]
-    try:
+    with running_in_thread(RouterProxy(config, router), "rlserve-proxy") as proxy:
         yield proxy
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
 
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")

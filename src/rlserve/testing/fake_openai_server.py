@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from rlserve.aio import running_in_thread
 
 FAKE_TOKEN = " tok"
 
@@ -324,35 +325,8 @@ def serve_in_thread(config: FakeServerConfig | None = None, host: str = "127.0.0
 
     For synchronous callers (tests, benchmarks) whose own event loop must not share time with the server's.
     """
-    server = FakeOpenAIServer(config, host, port)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.start())
-        except BaseException as exc:  # reported to the caller below
-            failure.append(exc)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(server.stop())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
-    thread.start()
-    started.wait()
-    if failure:
-        thread.join()
-        raise failure[0]
-    try:
+    with running_in_thread(FakeOpenAIServer(config, host, port), "fake-openai-server", join_timeout_s=10) as server:
         yield server
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
