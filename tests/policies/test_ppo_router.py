@@ -113,9 +113,12 @@ def test_cli_train_router_and_resume(tmp_path):
     res = runner.invoke(app, ["train", "router", "-o", str(tmp_path / "o"), "-c", str(cfg), "--updates", "1"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["train", "router", "-o", str(tmp_path / "o"), "-c", str(cfg), "--updates", "2",
-                              "--resume"])
+                              "--resume", "--export", str(tmp_path / "small.pt")])
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "o" / "checkpoint.pt", weights_only=True)["update"] == 2
+    small = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert "optimizer" not in small and small["update"] == 2
+    assert make_router(f"ppo:{tmp_path / 'small.pt'}").num_replicas == 4
 
 
 @pytest.mark.filterwarnings("ignore:token caps shortened")

@@ -32,10 +32,13 @@ def train_router_cmd(
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit.")] = False,
     updates: Annotated[int | None, typer.Option(help="Override total_updates.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Also write the best (validated) policy here as a small "
+                                                "inference-only checkpoint, e.g. for shipping.")] = None,
 ) -> None:
     """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
     from rlserve.envs.router_training import train_router
     from rlserve.rl.config import load_config
+    from rlserve.rl.ppo import export_for_inference
 
     overrides: dict[str, object] = {}
     if scenario:
@@ -60,6 +63,14 @@ def train_router_cmd(
         console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
     console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "
                   f"{result.decisions_per_s:.0f} decisions/s during PPO; checkpoint: {result.checkpoint_path}")
+    if result.best_path is not None:
+        console.print(f"best validated policy: {result.best_path} (score {result.best_score:+.3f} = mean gain over "
+                      "the best heuristic per validation scenario)")
+    if export is not None:
+        source = result.best_path or result.checkpoint_path
+        if source is None:
+            raise ConfigError("nothing to export: checkpoints are disabled in the config")
+        console.print(f"exported {export_for_inference(source, export)}")
 
 
 @evaluate_app.command("router")

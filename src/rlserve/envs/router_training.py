@@ -68,9 +68,9 @@ VALIDATION_BASELINES = ("least_outstanding", "join_shortest_queue", "power_of_tw
 def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
     """Score of a checkpoint on fixed randomised scenarios: mean relative gain over the best heuristic per scenario.
 
-    Per scenario the gain is the average of ``1 - ppo / best`` for mean E2E and for P99 TTFT, where ``best`` is the
-    best of :data:`VALIDATION_BASELINES` on that metric (so 0 = as good as the best heuristic). Baselines are
-    simulated once, on first use.
+    Per scenario the gain is the average of ``max(1 - ppo / best, -1)`` for mean E2E and for P99 TTFT, where
+    ``best`` is the best of :data:`VALIDATION_BASELINES` on that metric (so 0 = as good as the best heuristic).
+    Baselines are simulated once, on first use.
     """
     sampler = ScenarioSampler([RANDOMIZED], cfg.env.num_replicas)
     rng = np.random.default_rng(VALIDATION_SEED)
@@ -94,7 +94,8 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
         gains = []
         for (cluster, workload), (best_e2e, best_ttft) in zip(cases, baselines, strict=True):
             e2e, ttft = metrics(cluster, workload, PPORouter(checkpoint))
-            gains.append(((1 - e2e / best_e2e) + (1 - ttft / best_ttft)) / 2)
+            # each metric's gain clipped at -1 (twice as slow): one pathological case must not decide alone
+            gains.append((max(1 - e2e / best_e2e, -1.0) + max(1 - ttft / best_ttft, -1.0)) / 2)
         return float(np.mean(gains))
 
     return score

@@ -498,6 +498,17 @@ def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: ActorCritic, buffer:
     return next_obs, new_hxs, next_masks
 
 
+INFERENCE_KEYS = ("model", "obs_normalizer", "obs_dim", "action_dim", "config", "metadata", "update", "env_steps",
+                  "wall_s", "best_score", "bc_stats")
+
+
+def export_for_inference(src: str | Path, dst: str | Path) -> Path:
+    """Copy of a training checkpoint without what only resuming needs (optimiser, BC reference, RNG and episode
+    states): the small file a router ships with. Loads like any checkpoint of this kind."""
+    data = load_checkpoint(src, kind=CHECKPOINT_KIND)
+    return save_checkpoint(dst, {k: data[k] for k in INFERENCE_KEYS}, kind=CHECKPOINT_KIND)
+
+
 def check_compatible(data: dict[str, Any], obs_dim: int, action_dim: int) -> None:
     """Fail loudly when a checkpoint's network does not fit this environment (never fall back to random weights).
 
