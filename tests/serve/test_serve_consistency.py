@@ -52,7 +52,7 @@ def _sim_snapshot(cluster: ClusterConfig) -> tuple[ClusterSnapshot, Request]:
 
 async def _proxy_snapshot(cluster: ClusterConfig) -> tuple[ClusterSnapshot, Request]:
     async with contextlib.AsyncExitStack() as stack:
-        servers = [(await stack.enter_async_context(fakes(1, max_num_seqs=1, ttft_delay_s=0.6, num_gpu_blocks=b)))[0]
+        servers = [(await stack.enter_async_context(fakes(1, max_num_seqs=1, ttft_delay_s=3.0, num_gpu_blocks=b)))[0]
                    for b in BLOCKS]
         specs = tuple(replica_spec_from_sim(f.base_url, c) for f, c in zip(servers, cluster.replicas, strict=True))
         config = ProxyConfig(replicas=specs, port=0, metrics_interval_s=0.02, health_interval_s=0.5, queue_k=4)
