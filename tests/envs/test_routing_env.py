@@ -91,7 +91,7 @@ def test_state_dimension_and_feature_names():
     row = dict(zip(names, obs, strict=True))
     assert row["r0.q0_prompt_tokens"] > 0  # queue views are filled when the world provides them
     assert row["r0.rel_decode_speed"] == 1.0 and row["r2.rel_decode_speed"] < 0.5  # H100 vs A40
-    assert row["r0.completion_gap_s"] >= 0 and min(row[f"r{i}.completion_gap_s"] for i in range(4)) == 0
+    assert row["r0.latency_gap_s"] >= 0 and min(row[f"r{i}.latency_gap_s"] for i in range(4)) == 0
 
 
 def test_reward_modes_and_components():
