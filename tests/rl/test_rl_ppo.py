@@ -43,7 +43,8 @@ def test_ppo_learns_the_toy_task():
 
 def test_warm_start_clones_teacher_and_kl_to_reference_is_logged(tmp_path):
     cfg = _cfg(total_updates=2, warm_start={"enabled": True, "stabilization_steps": 256, "bc_epochs": 30,
-                                             "kl_ref_initial_coef": 1.0, "kl_ref_decay_updates": 2})
+                                             "kl_ref_initial_coef": 1.0, "kl_ref_final_coef": 0.0,
+                                             "kl_ref_decay_updates": 2})
     result = train(cfg, _envs(), demonstrator=teacher, out_dir=tmp_path, info_keys=["rollout/hit"])
     assert result.bc_stats["bc/accuracy"] > 0.85
     assert result.history[0]["rollout/hit"] > 0.5  # sampled from the cloned policy, not uniform (1/3)

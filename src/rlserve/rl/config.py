@@ -49,7 +49,7 @@ class NetworkConfig:
 class PPOConfig:
     """PPO hyper-parameters (CleanRL/SB3 names where the seed had none)."""
 
-    lr: float = 2e-4
+    lr: float = 3e-4
     """Adam learning rate (seed: 5e-3, far too large for a fine-tune from behaviour cloning)."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over the run."""
@@ -85,7 +85,7 @@ class PPOConfig:
     """Minibatches per epoch (each holds num_envs * num_steps / chunk_len / num_minibatches whole chunks)."""
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
-    critic_warmup_updates: int = 5
+    critic_warmup_updates: int = 0
     """First updates that train only the value function (policy loss off), so a warm-started actor is not
     pushed around by a critic that has not yet learned the task's returns."""
 
