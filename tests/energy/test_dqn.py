@@ -92,9 +92,10 @@ def test_truncated_steps_are_stored_as_not_terminated(monkeypatch) -> None:
     stored: list[float] = []
     orig = DQNAgent.remember
 
-    def spy(self: DQNAgent, obs, action, reward, next_obs, terminated, truncated=False) -> None:  # type: ignore[no-untyped-def]
+    def spy(self: DQNAgent, obs, action, reward, next_obs, terminated, truncated=False,  # type: ignore[no-untyped-def]
+            cost=0.0) -> None:
         stored.append(float(terminated))
-        orig(self, obs, action, reward, next_obs, terminated, truncated)
+        orig(self, obs, action, reward, next_obs, terminated, truncated, cost)
 
     monkeypatch.setattr(DQNAgent, "remember", spy)
     # the goal is unreachable in 5 steps: every episode is truncated, no transition may be stored as terminal
@@ -117,7 +118,7 @@ def test_double_dqn_target_by_hand() -> None:
             p.add_(0.3)
     next_obs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]])
     batch = ReplayBatch(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([1.0, -2.0]), next_obs,
-                        torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]))
+                        torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), torch.zeros(2))
     with torch.no_grad():
         a_star = agent.q(next_obs).argmax(dim=1)
         q_eval = agent.q_target(next_obs)[torch.arange(2), a_star]
@@ -156,6 +157,23 @@ def test_n_step_learns_the_chain_too() -> None:
     q = DuelingQNetwork(env.n, 2, cfg.hidden_sizes)
     train(env, q, cfg, kind="test")
     assert greedy_rollout(q, env) == (True, env.n - 1)
+
+
+def test_lagrangian_cost_enters_the_target_with_the_current_multiplier() -> None:
+    cfg = small_config(gamma=0.5, lagrangian=True, lagrange_init=2.0, lagrange_lr=0.5, eps_decay_steps=10)
+    agent = DQNAgent(DuelingQNetwork(2, 2, (4,)), 2, 2, cfg, np.random.default_rng(0))
+    z = torch.zeros(1, 2)
+    batch = ReplayBatch(z, torch.tensor([0]), torch.tensor([1.0]), z, torch.tensor([1.0]), torch.tensor([0.5]),
+                        torch.tensor([0.3]))
+    torch.testing.assert_close(agent.td_target(batch), torch.tensor([1.0 - 2.0 * 0.3]))
+    assert agent.update_lagrange(5.0) == 2.0  # still exploring: the multiplier waits
+    agent.steps = 10
+    assert agent.update_lagrange(1.0) == pytest.approx(2.5)
+    assert agent.update_lagrange(-10.0) == 0.0  # never negative
+    agent.lagrange = 3.0
+    assert agent.td_target(batch).item() == pytest.approx(1.0 - 0.9)  # replayed with the multiplier of now
+    plain = DQNAgent(DuelingQNetwork(2, 2, (4,)), 2, 2, small_config(), np.random.default_rng(0))
+    assert plain.lagrange == 0.0 and plain.update_lagrange(5.0) == 0.0
 
 
 def test_epsilon_decays_linearly_then_stays() -> None:

@@ -33,6 +33,7 @@ def test_episode_ends_truncated_when_drained_and_rewards_match_energy(small_scen
         obs, reward, terminated, truncated, info = env.step(env.action_space.n - 1)  # uncapped, max clock
         assert not terminated  # serving has no terminal state
         o = info["outcome"]
+        assert info["cost"] == pytest.approx(o.slo_misses - 0.01 * o.arrivals)
         energy, tokens, misses = energy + o.energy_j, tokens + o.tokens, misses + o.slo_misses
         total += reward
         if truncated:

@@ -8,6 +8,9 @@ interval (:mod:`rlserve.envs.energy_reward`).
 
 Serving never ends by itself, so no step is terminal: the episode is *truncated* when the workload has arrived
 and the server has drained, or at ``max_episode_s``; learners bootstrap from the last observation.
+
+``info["cost"]`` is the SLO budget overspent in the step, ``misses - (1 - slo_target) * arrivals``: a
+constrained learner (``DQNConfig.lagrangian``) keeps its mean at or below 0, i.e. SLO attainment >= the target.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class EnergyEnvConfig:
     num_clocks: int = DEFAULT_NUM_CLOCKS
     lowest_clock_mhz: float | None = None
     reward: str = "energy_per_token"
+    slo_target: float = 0.99  # attainment the cost in info["cost"] is measured against
     reward_params: Mapping[str, float] = field(default_factory=dict)
     state: EnergyStateConfig = field(default_factory=EnergyStateConfig)
 
@@ -59,6 +63,8 @@ class EnergyEnvConfig:
         lo, hi = self.load_scale
         if not 0 < lo <= hi:
             raise ConfigError(f"env.load_scale must be [low, high] with 0 < low <= high, got {list(self.load_scale)}")
+        if not 0 < self.slo_target <= 1:
+            raise ConfigError(f"env.slo_target must be in (0, 1], got {self.slo_target}")
         if len(self.block_sizes) > 1 and not self.state.block_size_feature:
             raise ConfigError("several env.block_sizes (the conditional scheme) need state.block_size_feature: true, "
                               "or the policy cannot tell the servers apart")
@@ -193,8 +199,9 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
         ep["cap"] += applied.concurrency_cap
         ep["steps"] += 1
         truncated = server.drained or server.now_s >= self.config.max_episode_s
+        cost = outcome.slo_misses - (1.0 - self.config.slo_target) * outcome.arrivals
         info: dict[str, Any] = {"reward_components": parts.components, "sm_clock_mhz": applied.sm_clock_mhz,
-                                "concurrency_cap": applied.concurrency_cap, "outcome": outcome}
+                                "concurrency_cap": applied.concurrency_cap, "outcome": outcome, "cost": cost}
         if truncated:
             info["episode_metrics"] = self.episode_metrics()
         return obs, float(parts.total), False, truncated, info

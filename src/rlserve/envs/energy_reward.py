@@ -41,6 +41,7 @@ class IntervalOutcome:
     slo_misses: int  # requests whose SLO miss became known in the interval
     mean_e2e_s: float  # mean end-to-end latency of the finished requests (NaN when none finished)
     kv_usage: float  # fraction of KV blocks in use at the end of the interval
+    arrivals: int = 0  # requests that arrived in the interval
 
 
 @dataclass(frozen=True, slots=True)

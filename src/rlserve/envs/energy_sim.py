@@ -92,6 +92,7 @@ class ControlledServer:
         sim = self.sim
         t_end = sim.now + self.interval_s
         until = int(np.searchsorted(self.workload.arrival_s, t_end, side="left"))
+        arrivals = max(0, until - self._dispatched)
         for _ in range(self._dispatched, until):
             sim.dispatch(0)
         self._dispatched = max(self._dispatched, until)
@@ -105,7 +106,7 @@ class ControlledServer:
         misses, mean_e2e = self._settle(finished, t_end)
         return snap, IntervalOutcome(interval_s=self.interval_s, energy_j=energy, tokens=tokens,
                                      finished=len(finished), slo_misses=misses, mean_e2e_s=mean_e2e,
-                                     kv_usage=r.kv_usage)
+                                     kv_usage=r.kv_usage, arrivals=arrivals)
 
     def _settle(self, finished: np.ndarray, now: float) -> tuple[int, float]:
         """Count requests whose SLO miss became certain in this interval; mean E2E of those that finished."""

@@ -17,6 +17,16 @@ One training step, in order (``train``):
    loss, gradient-norm clipping, Adam step;
 4. every ``target_update_interval`` gradient steps: copy the online network into the target network.
 
+Constraints (``lagrangian=True``): when the env reports a per-step cost in ``info["cost"]`` (for the energy
+controller: SLO misses beyond the allowed fraction), the learner maximises ``reward - lambda * cost`` and adapts
+the multiplier by dual ascent after every episode, ``lambda <- clip(lambda + lagrange_lr * (mean cost -
+cost_limit), 0, lagrange_max)`` (Lagrangian relaxation of a constrained MDP, as in RCPO, Tessler et al. 2019).
+The multiplier only moves once epsilon has reached ``eps_end``: the misses of random exploration are not the
+policy's and would drive it to its maximum. Rewards and costs
+are stored separately in the replay buffer and combined with the *current* lambda when sampled, so old
+transitions are not judged by a stale multiplier. A fixed penalty cannot do this: the exchange rate between
+joules and SLO misses that meets a 99% target depends on the load.
+
 Training runs whole episodes (it stops at the first episode end at or after ``total_steps``) and checkpoints only
 at episode ends, so that a resumed run replays exactly the episodes the straight run would have: a checkpoint
 holds the networks, optimizer, replay buffer, counters and every RNG state, and resuming is bit-for-bit.
@@ -75,6 +85,16 @@ class DQNConfig:
     """Huber loss threshold: quadratic below it, linear above (robust to rare large TD errors)."""
     double: bool = True
     """Double DQN target (online argmax, target evaluation); False = classic max over the target network."""
+    lagrangian: bool = False
+    """Treat ``info["cost"]`` as a constrained quantity with an adaptive multiplier (see the module docstring)."""
+    lagrange_init: float = 1.0
+    """Initial multiplier."""
+    lagrange_lr: float = 1.0
+    """Dual step size per episode, applied to (episode mean cost per step - ``cost_limit``)."""
+    lagrange_max: float = 20.0
+    """Upper bound of the multiplier (keeps one bad episode from swamping the reward)."""
+    cost_limit: float = 0.0
+    """Allowed mean cost per step."""
     n_step: int = 1
     """Steps of real reward before bootstrapping (Sutton 1988; Rainbow uses 3): a penalty reaches the decision
     that caused it n times faster, at the price of some off-policy bias."""
@@ -116,6 +136,7 @@ class ReplayBatch(NamedTuple):
     next_obs: torch.Tensor
     terminated: torch.Tensor
     discount: torch.Tensor  # gamma^k of the stored k-step transition
+    costs: torch.Tensor  # discounted k-step cost (0 without a constraint)
 
 
 class ReplayBuffer:
@@ -129,6 +150,7 @@ class ReplayBuffer:
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
         self.discount = np.zeros(capacity, np.float32)
+        self.costs = np.zeros(capacity, np.float32)
         self.pos = 0
         self.size = 0
 
@@ -136,10 +158,10 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
-            discount: float) -> None:
+            discount: float, cost: float = 0.0) -> None:
         """Store one transition (``discount`` = gamma^k of a k-step one), overwriting the oldest when full."""
         i = self.pos
-        self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
+        self.obs[i], self.actions[i], self.rewards[i], self.costs[i] = obs, action, reward, cost
         self.next_obs[i], self.terminated[i], self.discount[i] = next_obs, float(terminated), discount
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
@@ -149,7 +171,8 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=batch_size)
         return ReplayBatch(torch.from_numpy(self.obs[idx]), torch.from_numpy(self.actions[idx]),
                            torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.next_obs[idx]),
-                           torch.from_numpy(self.terminated[idx]), torch.from_numpy(self.discount[idx]))
+                           torch.from_numpy(self.terminated[idx]), torch.from_numpy(self.discount[idx]),
+                           torch.from_numpy(self.costs[idx]))
 
     def state_dict(self) -> dict[str, Any]:
         """The filled part of the buffer plus its write position."""
@@ -158,14 +181,15 @@ class ReplayBuffer:
                 "actions": torch.from_numpy(self.actions[:n].copy()),
                 "rewards": torch.from_numpy(self.rewards[:n].copy()),
                 "terminated": torch.from_numpy(self.terminated[:n].copy()),
-                "discount": torch.from_numpy(self.discount[:n].copy()), "pos": self.pos, "size": n}
+                "discount": torch.from_numpy(self.discount[:n].copy()),
+                "costs": torch.from_numpy(self.costs[:n].copy()), "pos": self.pos, "size": n}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` (the capacity must be the same)."""
         n = int(state["size"])
         if n > self.capacity:
             raise ConfigError(f"checkpointed replay buffer holds {n} transitions, capacity is {self.capacity}")
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "discount"):
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "discount", "costs"):
             getattr(self, name)[:n] = state[name].numpy()
         self.pos, self.size = int(state["pos"]), n
 
@@ -188,14 +212,16 @@ class DQNAgent:
         self.rng = rng
         self.steps = 0  # transitions remembered
         self.updates = 0  # gradient steps taken
-        self._pending: deque[tuple[np.ndarray, int, float]] = deque()  # steps not yet stored (n-step)
+        self._pending: deque[tuple[np.ndarray, int, float, float]] = deque()  # steps not yet stored (n-step)
+        self.lagrange = config.lagrange_init if config.lagrangian else 0.0
 
     @property
     def epsilon(self) -> float:
         """Exploration rate at the current step (linear decay, then flat)."""
         c = self.config
-        frac = min(1.0, self.steps / max(1, c.eps_decay_steps))
-        return c.eps_start + frac * (c.eps_end - c.eps_start)
+        if self.steps >= c.eps_decay_steps:
+            return c.eps_end
+        return c.eps_start + self.steps / c.eps_decay_steps * (c.eps_end - c.eps_start)
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -209,13 +235,13 @@ class DQNAgent:
         return int(np.argmax(self.q_values(obs)))
 
     def remember(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
-                 truncated: bool = False) -> None:
+                 truncated: bool = False, cost: float = 0.0) -> None:
         """Store a transition (n-step: once ``n`` are pending, or all at the episode's end).
 
         ``terminated`` only for a real end (no bootstrap); ``truncated`` (a time limit) ends the episode too but
         the stored transitions still bootstrap from ``next_obs``.
         """
-        self._pending.append((obs, action, reward))
+        self._pending.append((obs, action, reward, cost))
         self.steps += 1
         if len(self._pending) == self.config.n_step:
             self._store_pending(next_obs, terminated)
@@ -226,20 +252,28 @@ class DQNAgent:
     def _store_pending(self, next_obs: np.ndarray, terminated: bool) -> None:
         """Store the oldest pending step as a k-step transition ending in ``next_obs`` (k = steps pending)."""
         gamma = self.config.gamma
-        ret = sum(gamma**i * r for i, (_, _, r) in enumerate(self._pending))
-        obs, action, _ = self._pending.popleft()
-        self.buffer.add(obs, action, ret, next_obs, terminated, gamma ** (len(self._pending) + 1))
+        ret = sum(gamma**i * r for i, (_, _, r, _) in enumerate(self._pending))
+        cost = sum(gamma**i * c for i, (_, _, _, c) in enumerate(self._pending))
+        obs, action, _, _ = self._pending.popleft()
+        self.buffer.add(obs, action, ret, next_obs, terminated, gamma ** (len(self._pending) + 1), cost)
+
+    def update_lagrange(self, mean_cost: float) -> float:
+        """Dual ascent on the multiplier after an episode with ``mean_cost`` per step; returns the new value."""
+        c = self.config
+        if c.lagrangian and self.epsilon <= c.eps_end:
+            self.lagrange = min(c.lagrange_max, max(0.0, self.lagrange + c.lagrange_lr * (mean_cost - c.cost_limit)))
+        return self.lagrange
 
     @torch.no_grad()
     def td_target(self, batch: ReplayBatch) -> torch.Tensor:
-        """``R + gamma^k * (1 - terminated) * Q_target(s', a*)`` with ``a*`` from the online net (double DQN)."""
+        """``R - lambda C + gamma^k (1 - terminated) Q_target(s', a*)``, ``a*`` from the online net (double DQN)."""
         q_next_target = self.q_target(batch.next_obs)
         if self.config.double:
             best = self.q(batch.next_obs).argmax(dim=1, keepdim=True)
             q_next = q_next_target.gather(1, best).squeeze(1)
         else:
             q_next = q_next_target.max(dim=1).values
-        return batch.rewards + batch.discount * (1.0 - batch.terminated) * q_next
+        return batch.rewards - self.lagrange * batch.costs + batch.discount * (1.0 - batch.terminated) * q_next
 
     def learn(self) -> dict[str, float] | None:
         """One gradient step when due (after ``learning_starts``, every ``train_frequency`` steps), else None."""
@@ -264,7 +298,7 @@ class DQNAgent:
         """Everything needed to continue training (the buffer is optional: deployment needs only ``q``)."""
         state: dict[str, Any] = {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
                                  "optimizer": self.optimizer.state_dict(), "steps": self.steps,
-                                 "updates": self.updates}
+                                 "updates": self.updates, "lagrange": self.lagrange}
         if with_buffer:
             state["buffer"] = self.buffer.state_dict()
         return state
@@ -275,6 +309,7 @@ class DQNAgent:
         self.q_target.load_state_dict(state["q_target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.updates = int(state["steps"]), int(state["updates"])
+        self.lagrange = float(state.get("lagrange", self.lagrange))
         if "buffer" in state:
             self.buffer.load_state_dict(state["buffer"])
 
@@ -293,7 +328,8 @@ class DQNTrainResult:
 CHECKPOINT_NAME = "checkpoint.pt"  # full training state (resume)
 POLICY_NAME = "policy.pt"  # network + metadata only (deployment)
 LOG_KEYS = ("rollout/episode_return", "rollout/episode_length", "rollout/epsilon", "rollout/distinct_actions",
-            "train/loss", "train/q_mean", "train/grad_norm", "time/episodes", "time/steps_per_s", "time/wall_s")
+            "train/loss", "train/q_mean", "train/grad_norm", "train/mean_cost", "train/lagrange", "time/episodes",
+            "time/steps_per_s", "time/wall_s")
 
 
 def default_logger(out_dir: Path, metric_names: Sequence[str] = ()) -> Logger:
@@ -357,8 +393,11 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
     try:
         while agent.steps < config.total_steps:
             t0 = time.perf_counter()
-            ep_return, actions, info = run_episode(env, agent, seed_of(episode), log)
+            ep_return, ep_cost, actions, info = run_episode(env, agent, seed_of(episode), log)
             returns.append(ep_return)
+            if config.lagrangian:
+                log.record("train/mean_cost", ep_cost / len(actions))
+                log.record("train/lagrange", agent.update_lagrange(ep_cost / len(actions)))
             log.record("rollout/episode_return", ep_return)
             log.record("rollout/episode_length", len(actions))
             log.record("rollout/epsilon", agent.epsilon)
@@ -382,24 +421,27 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
     return DQNTrainResult(agent.steps, episode, returns, time.perf_counter() - started, ck_path)
 
 
-def run_episode(env: gym.Env, agent: DQNAgent, seed: int, log: Logger) -> tuple[float, list[int], dict[str, Any]]:
-    """Play one epsilon-greedy episode, learning after every step; returns (return, actions, last info)."""
+def run_episode(env: gym.Env, agent: DQNAgent, seed: int,
+                log: Logger) -> tuple[float, float, list[int], dict[str, Any]]:
+    """Play one epsilon-greedy episode, learning after every step; returns (return, cost, actions, last info)."""
     obs, _ = env.reset(seed=seed)
-    ep_return, actions = 0.0, []
+    ep_return, ep_cost, actions = 0.0, 0.0, []
     while True:
         action = agent.choose_action(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
+        cost = float(info.get("cost", 0.0)) if agent.config.lagrangian else 0.0
         # truncation is not termination: the stored transition bootstraps from next_obs
-        agent.remember(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
+        agent.remember(obs, action, float(reward), next_obs, bool(terminated), bool(truncated), cost)
         stats = agent.learn()
         if stats is not None:
             for k, v in stats.items():
                 log.record_mean(f"train/{k}", v)
         ep_return += float(reward)
+        ep_cost += cost
         actions.append(action)
         obs = next_obs
         if terminated or truncated:
-            return ep_return, actions, info
+            return ep_return, ep_cost, actions, info
 
 
 def _reset_parameters(module: nn.Module) -> None:
