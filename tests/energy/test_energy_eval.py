@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rlserve.cli.main import app
+from rlserve.envs.energy_env import with_block_size
 from rlserve.envs.energy_eval import (
     best_by,
     check_eval_seeds,
@@ -18,7 +19,6 @@ from rlserve.envs.energy_eval import (
     evaluate_controllers,
     grid_search_static,
     savings_vs,
-    with_block_size,
 )
 from rlserve.envs.energy_sim import run_controller
 from rlserve.envs.energy_train import EnergyTrainConfig, load_train_config
@@ -60,6 +60,10 @@ def test_training_seeds_are_not_evaluation_seeds() -> None:
 def test_block_size_and_grid_caps() -> None:
     scn = load_scenario("energy_steady")
     assert with_block_size(scn, 64).cluster.replicas[0].block_size == 64
+    import dataclasses
+
+    fixed = dataclasses.replace(scn, cluster=scn.cluster.with_replicas(num_gpu_blocks=4000))
+    assert with_block_size(fixed, 64).cluster.replicas[0].num_gpu_blocks == 1000  # same KV tokens, bigger blocks
     assert default_grid_caps(SPACE, scn) == [8, 64, 256]
 
 

@@ -248,7 +248,8 @@ def sweep_cmd(
     """The seed's offline block-size scheme: one controller per KV block size, the best size per workload."""
     import dataclasses
 
-    from rlserve.envs.energy_eval import best_by, evaluate_controllers, with_block_size
+    from rlserve.envs.energy_env import with_block_size
+    from rlserve.envs.energy_eval import best_by, evaluate_controllers
     from rlserve.envs.energy_train import load_train_config, train_energy
     from rlserve.report.run_output import write_json
 

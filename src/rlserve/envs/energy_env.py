@@ -31,7 +31,7 @@ from rlserve.perf import get_gpu
 from rlserve.policies.energy.action_space import DEFAULT_NUM_CLOCKS, SEED_CAPS, ActionSpace
 from rlserve.policies.energy.state import EnergyStateBuilder, EnergyStateConfig
 from rlserve.scenario import Scenario, load_scenario
-from rlserve.sim import build_perf_model
+from rlserve.sim import ReplicaConfig, build_perf_model
 from rlserve.workload.request import Workload
 
 #: Workload seeds drawn for training episodes are >= this; evaluation uses seeds below it (held out).
@@ -102,6 +102,21 @@ def build_action_space(scenario: Scenario, cfg: EnergyEnvConfig) -> ActionSpace:
                                concurrency_caps=cfg.caps)
 
 
+def with_block_size(scenario: Scenario, block_size: int) -> Scenario:
+    """The scenario with its server's KV block size changed (vLLM fixes it at start-up: one server per size).
+
+    A fixed ``num_gpu_blocks`` is rescaled so the KV memory in tokens stays the same, as in vLLM, where the
+    memory budget is fixed and the block count follows from the block size.
+    """
+    def one(r: ReplicaConfig) -> ReplicaConfig:
+        blocks = None if r.num_gpu_blocks is None else max(1, r.num_gpu_blocks * r.block_size // int(block_size))
+        return dataclasses.replace(r, block_size=int(block_size), num_gpu_blocks=blocks)
+
+    replicas = tuple(one(r) for r in scenario.cluster.replicas)
+    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, replicas=replicas),
+                               name=f"{scenario.name}@bs{block_size}")
+
+
 def scale_load(workload: Workload, factor: float) -> Workload:
     """The same requests arriving ``factor`` times as fast (inter-arrival gaps divided by ``factor``)."""
     if factor == 1.0:
@@ -163,11 +178,9 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
         scenario = self.scenarios[k]
         self._reward = self.reward_fns[k]
         factor = float(rng.uniform(*cfg.load_scale))
-        cluster = scenario.cluster
         if cfg.block_sizes:
-            block = int(cfg.block_sizes[int(rng.integers(len(cfg.block_sizes)))])
-            cluster = dataclasses.replace(cluster, replicas=tuple(dataclasses.replace(r, block_size=block)
-                                                                  for r in cluster.replicas))
+            scenario = with_block_size(scenario, int(cfg.block_sizes[int(rng.integers(len(cfg.block_sizes)))]))
+        cluster = scenario.cluster
         # training workload seeds come from [2**20, 2**31): evaluation seeds below 2**20 are never trained on
         workload = scale_load(scenario.build_workload(int(rng.integers(TRAIN_WORKLOAD_SEED_MIN, 2**31))), factor)
         self._server = ControlledServer(cluster, workload, scenario.slo, interval_s=cfg.interval_s)

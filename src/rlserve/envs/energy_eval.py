@@ -9,7 +9,6 @@ the mean and its 95% confidence half-width (:func:`rlserve.metrics.mean_ci95`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,13 +156,6 @@ def default_grid_caps(action_space: ActionSpace, scenario: Scenario) -> list[int
     never saved energy in our scenarios; see docs/energy.md), to keep the search affordable."""
     max_seqs = scenario.cluster.replicas[0].max_num_seqs
     return sorted({max_seqs, *[c for c in action_space.concurrency_caps if c <= max_seqs][-3:]})
-
-
-def with_block_size(scenario: Scenario, block_size: int) -> Scenario:
-    """The scenario with its server's KV block size changed (vLLM fixes it at start-up: one server per size)."""
-    replicas = tuple(dataclasses.replace(r, block_size=int(block_size)) for r in scenario.cluster.replicas)
-    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster, replicas=replicas),
-                               name=f"{scenario.name}@bs{block_size}")
 
 
 def best_by(results: Mapping[Any, ControllerResult], metric: str = "energy_per_token_j",
