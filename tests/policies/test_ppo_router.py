@@ -129,3 +129,14 @@ def test_shipped_checkpoint_is_capability_aware():
     ppo = simulate(scn.cluster, wl, make_router("ppo", seed=0)).summary(scn.slo)
     lo = simulate(scn.cluster, wl, make_router("least_outstanding", seed=0)).summary(scn.slo)
     assert ppo.e2e_s["mean"] < lo.e2e_s["mean"] and ppo.ttft_s["p99"] < lo.ttft_s["p99"]
+
+
+def test_router_training_resumes_bit_for_bit(tmp_path):
+    # the routing environments are re-created by replaying each episode's seed and actions
+    cfg = load_config(overrides={**TINY, "checkpoints": {"validation_interval": 0, "checkpoint_interval": 1},
+                                 "total_updates": 3})
+    straight = train_router(cfg, tmp_path / "a")
+    train_router(cfg, tmp_path / "b", stop_after_updates=2)
+    resumed = train_router(cfg, tmp_path / "b", resume=True)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

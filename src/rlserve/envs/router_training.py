@@ -33,13 +33,15 @@ def router_demonstrator(cfg: WarmStartConfig) -> Callable[[gym.Env, int], tuple[
     """Demonstrations: behaviour routers take turns per episode; the teacher labels every visited state.
 
     With several teacher candidates, the teacher of an episode is the one that serves that episode's workload best
-    (:meth:`RoutingEnv.best_heuristic`); ``"teacher"`` in the behaviour list means "let the teacher drive".
+    by more than ``teacher_margin`` over the first (:meth:`RoutingEnv.best_heuristic`); ``"teacher"`` in the
+    behaviour list means "let the teacher drive".
     """
     behaviours = list(cfg.behaviour) or ["teacher"]
 
     def demo(env: gym.Env, episode: int) -> tuple[int, int]:
         routing: RoutingEnv = env.unwrapped  # type: ignore[assignment]
-        teacher = cfg.teacher[0] if len(cfg.teacher) == 1 else routing.best_heuristic(cfg.teacher)
+        teacher = cfg.teacher[0] if len(cfg.teacher) == 1 else routing.best_heuristic(cfg.teacher,
+                                                                                        cfg.teacher_margin)
         label = routing.heuristic_action(teacher)
         behaviour = behaviours[episode % len(behaviours)]
         return (label if behaviour in ("teacher", teacher) else routing.heuristic_action(behaviour)), label

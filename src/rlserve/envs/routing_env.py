@@ -82,7 +82,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             workload = self.current.scenario.build_workload(workload_seed)
         self.sim = ClusterSimulator(self.current.scenario.cluster, workload, seed=workload_seed)
         self._routers = {}
-        self._best: tuple[tuple[str, ...], str] | None = None
+        self._best: tuple[tuple[str | float, ...], str] | None = None
         self._router_seed = int(rng.integers(2**31 - 1))
         self.state_builder.reset()
         self.reward_calculator.reset()
@@ -179,25 +179,29 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         """The snapshot the current observation was built from."""
         return self._snapshot
 
-    def best_heuristic(self, candidates: Sequence[str]) -> str:
+    def best_heuristic(self, candidates: Sequence[str], margin: float = 0.0) -> str:
         """The candidate whose routing of this episode's whole workload gives the lowest mean E2E + mean TTFT.
 
         Hindsight teacher selection: each candidate is simulated on the episode's cluster and workload once (cached
         for the episode). No single heuristic is best everywhere (the least-expected-latency estimate misjudges
         KV-bound clusters, request counting misjudges heterogeneous ones), so demonstrations follow whichever
-        is best for the situation at hand.
+        is best for the situation at hand. The first candidate is the default: another one replaces it only when
+        its cost is lower by more than ``margin`` (a fraction), so near-ties (homogeneous clusters, where all
+        heuristics are within noise) keep one consistent labeller instead of a coin flip between several.
         """
         if self.sim is None:
             raise RuntimeError("call reset() first")
-        key = tuple(candidates)
+        key = (*candidates, margin)
         if self._best is None or self._best[0] != key:
             costs = {}
             for name in candidates:
                 summary = simulate(self.sim.cluster, self.sim.workload,
                                    make_router(name, seed=self._router_seed)).summary()
                 costs[name] = summary.e2e_s["mean"] + summary.ttft_s["mean"]
-            self._best = (key, min(costs, key=costs.__getitem__))
-        return self._best[1]
+            best = min(costs, key=costs.__getitem__)
+            default = candidates[0]
+            self._best = (key, best if costs[best] < (1.0 - margin) * costs[default] else default)
+        return str(self._best[1])
 
     def heuristic_action(self, router: str) -> int:
         """The replica the named heuristic router would choose for the current request in the current state."""

@@ -323,15 +323,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
 
     logger = _make_logger(cfg, out, action_dim, info_keys)
 
-    def save(update: int, env_steps: int) -> None:
+    def save(best: float) -> None:
+        """Write the training state as it is now (``best``: the best validation score so far)."""
         save_checkpoint(ck_path, _checkpoint_payload(  # type: ignore[arg-type]
             cfg, model, optimizer, reference, obs_norm, ret_scaler, temp_ctl, rng, update, env_steps,
             wall_before + time.perf_counter() - t_start, runner, hxs, masks, obs_dim, action_dim, metadata, bc_stats,
-            best_score), kind=CHECKPOINT_KIND)
+            best), kind=CHECKPOINT_KIND)
 
     if not resume and validate is not None and ck_path is not None:
-        save(update, env_steps)  # the behaviour-cloned policy is the first candidate for best.pt
-        best_score = _validate(validate, ck_path, best_score, logger)
+        save(best_score)  # the behaviour-cloned policy is the first candidate for best.pt
+        best_score = _validate(validate, ck_path, best_score, logger, save)
     trainer = PPOTrainer(model, optimizer, cfg, reference)
     buffer = RolloutBuffer(p.num_steps, p.num_envs, obs_dim, action_dim, (hxs.shape[0], hxs.shape[2]),
                            p.gamma, p.gae_lambda)
@@ -377,10 +378,9 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
             is_last or update % cfg.checkpoints.validation_interval == 0)
         if ck_path is not None and cfg.checkpoints.enable_checkpoints and (
                 is_last or validate_now or update % cfg.checkpoints.checkpoint_interval == 0):
-            save(update, env_steps)
+            save(best_score)
         if validate_now:
-            best_score = _validate(validate, ck_path, best_score, logger)  # type: ignore[arg-type]
-            save(update, env_steps)  # again, so the checkpoint knows the best score so far
+            best_score = _validate(validate, ck_path, best_score, logger, save)  # type: ignore[arg-type]
         scalars = logger.dump(update)
         history.append(scalars)
         if progress is not None:
@@ -394,8 +394,10 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
                        model, best_path if best_path is not None and best_path.exists() else None, best_score)
 
 
-def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: float, logger: Logger) -> float:
-    """Score the checkpoint just written; copy it to ``best.pt`` when it beats every earlier one.
+def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: float, logger: Logger,
+              save: Callable[[float], None]) -> float:
+    """Score the checkpoint just written; when it beats every earlier one, rewrite it with its score and copy it
+    to ``best.pt``. Returns the best score so far.
 
     Runs inside ``torch.random.fork_rng`` so that validation never shifts the training's random streams (a resumed
     run, which does not repeat earlier validations, must continue with the same numbers).
@@ -404,9 +406,10 @@ def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: floa
         score = float(validate(ck_path))
     logger.record("validation/score", score)
     if score > best_score:
+        best_score = score
+        save(best_score)
         shutil.copyfile(ck_path, ck_path.with_name(".best.pt.tmp"))
         os.replace(ck_path.with_name(".best.pt.tmp"), ck_path.with_name("best.pt"))
-        best_score = score
     logger.record("validation/best_score", best_score)
     return best_score
 
