@@ -221,3 +221,16 @@ def test_config_rejects_nonsense() -> None:
         DQNConfig(gamma=1.5)
     with pytest.raises(ConfigError, match="unknown DQN config keys"):
         DQNConfig.from_dict({"learning_rat": 1e-3})
+
+
+def test_factored_advantage_keeps_the_cap_major_layout() -> None:
+    torch.manual_seed(0)
+    q = DuelingQNetwork(4, 3 * 5, (8,), factors=(3, 5))
+    out = q(torch.randn(2, 4))
+    assert out.shape == (2, 15)
+    # additive in cap and clock: Q(c, f) - Q(c, f') is the same for every cap c
+    grid = out.reshape(2, 3, 5)
+    diffs = grid[:, :, 1] - grid[:, :, 0]
+    torch.testing.assert_close(diffs, diffs[:, :1].expand_as(diffs))
+    with pytest.raises(ValueError, match="multiply"):
+        DuelingQNetwork(4, 14, (8,), factors=(3, 5))

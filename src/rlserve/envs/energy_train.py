@@ -29,24 +29,27 @@ class EnergyTrainConfig:
 
     env: EnergyEnvConfig = field(default_factory=EnergyEnvConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
+    factored_advantage: bool = False  # advantage = A_cap + A_clock (see rlserve.policies.energy.qnet)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EnergyTrainConfig:
         """Build from ``{"env": {...}, "dqn": {...}}`` (unknown keys are an error)."""
-        unknown = set(d) - {"env", "dqn"}
+        unknown = set(d) - {"env", "dqn", "factored_advantage"}
         if unknown:
-            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; allowed: env, dqn")
+            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; "
+                              "allowed: env, dqn, factored_advantage")
         dqn = dict(d.get("dqn") or {})
         if "hidden_sizes" in dqn:
             dqn["hidden_sizes"] = tuple(dqn["hidden_sizes"])
-        return cls(env=EnergyEnvConfig.from_dict(d.get("env") or {}), dqn=DQNConfig.from_dict(dqn))
+        return cls(env=EnergyEnvConfig.from_dict(d.get("env") or {}), dqn=DQNConfig.from_dict(dqn),
+                   factored_advantage=bool(d.get("factored_advantage", False)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (written beside the checkpoint as ``config.yaml``)."""
         from dataclasses import asdict
 
         env = self.env.to_dict()
-        return {"env": _plain(env), "dqn": _plain(asdict(self.dqn))}
+        return {"env": _plain(env), "dqn": _plain(asdict(self.dqn)), "factored_advantage": self.factored_advantage}
 
 
 def _plain(v: Any) -> Any:
@@ -87,8 +90,11 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     env = EnergyEnv(config.env)
     obs_dim = int(env.observation_space.shape[0])
-    q = DuelingQNetwork(obs_dim, int(env.action_space.n), config.dqn.hidden_sizes)
-    metadata = {"action_space": env.action_space_def.to_dict(), "state_config": config.env.state.to_dict(),
-                "hidden_sizes": list(config.dqn.hidden_sizes), "env": _plain(config.env.to_dict())}
+    space = env.action_space_def
+    factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if config.factored_advantage else None
+    q = DuelingQNetwork(obs_dim, space.n_actions, config.dqn.hidden_sizes, factors)
+    metadata = {"action_space": space.to_dict(), "state_config": config.env.state.to_dict(),
+                "hidden_sizes": list(config.dqn.hidden_sizes), "factored_advantage": config.factored_advantage,
+                "env": _plain(config.env.to_dict())}
     return train(env, q, config.dqn, kind=CHECKPOINT_KIND, out_dir=out, resume=resume, metadata=metadata,
                  metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end)

@@ -48,7 +48,9 @@ class DQNController:
             warnings.warn(f"checkpoint {checkpoint} was trained on another action space; using the checkpoint's "
                           f"(clocks {self.action_space.min_clock_mhz:g}-{self.action_space.max_clock_mhz:g} MHz)",
                           stacklevel=2)
-        self.q = DuelingQNetwork(state_config.dim, self.action_space.n_actions, hidden)
+        space = self.action_space
+        factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if meta.get("factored_advantage") else None
+        self.q = DuelingQNetwork(state_config.dim, space.n_actions, hidden, factors)
         self.q.load_state_dict(data["agent"]["q"])  # a shape mismatch raises: never silently random weights
         self.q.eval()
         self.context = context
