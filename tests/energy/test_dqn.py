@@ -234,3 +234,22 @@ def test_factored_advantage_keeps_the_cap_major_layout() -> None:
     torch.testing.assert_close(diffs, diffs[:, :1].expand_as(diffs))
     with pytest.raises(ValueError, match="multiply"):
         DuelingQNetwork(4, 14, (8,), factors=(3, 5))
+
+
+def test_validation_keeps_the_best_policy(tmp_path) -> None:
+    from rlserve.rl.checkpoints import load_checkpoint
+    from rlserve.rl.dqn import BEST_NAME
+
+    scores = iter([1.0, 3.0, 2.0, 0.5, 0.1, 0.0])
+    seen: list[int] = []
+
+    def validate(path) -> float:  # type: ignore[no-untyped-def]
+        seen.append(load_checkpoint(path, kind="test")["agent"]["steps"])
+        return next(scores)
+
+    env = ChainEnv()
+    train(env, DuelingQNetwork(env.n, 2, (8,)), small_config(total_steps=300, checkpoint_interval=100), kind="test",
+          out_dir=tmp_path, metric_names=["final_pos"], validate=validate)
+    best = load_checkpoint(tmp_path / BEST_NAME, kind="test")
+    assert len(seen) >= 3 and best["validation_score"] == 3.0 and best["agent"]["steps"] == seen[1]
+    assert "train/validation_score" in (tmp_path / "progress.csv").read_text().splitlines()[0]

@@ -14,13 +14,18 @@ from typing import Any
 import torch
 import yaml
 
-from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig
+from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig, build_action_space
+from rlserve.envs.energy_eval import control_context, run_metrics
+from rlserve.envs.energy_sim import run_controller
 from rlserve.errors import ConfigError, InputError
+from rlserve.policies.energy import make_controller
 from rlserve.policies.energy.dqn_controller import CHECKPOINT_KIND
 from rlserve.policies.energy.qnet import DuelingQNetwork
 from rlserve.rl.dqn import DQNConfig, DQNTrainResult, train
+from rlserve.scenario import load_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+VALIDATION_SEED_BASE = 700_000
 
 
 @dataclass
@@ -30,26 +35,29 @@ class EnergyTrainConfig:
     env: EnergyEnvConfig = field(default_factory=EnergyEnvConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
     factored_advantage: bool = False  # advantage = A_cap + A_clock (see rlserve.policies.energy.qnet)
+    validation_seeds: int = 2  # workloads per scenario scoring each checkpoint (0: no validation, no best.pt)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EnergyTrainConfig:
         """Build from ``{"env": {...}, "dqn": {...}}`` (unknown keys are an error)."""
-        unknown = set(d) - {"env", "dqn", "factored_advantage"}
+        allowed = {"env", "dqn", "factored_advantage", "validation_seeds"}
+        unknown = set(d) - allowed
         if unknown:
-            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; "
-                              "allowed: env, dqn, factored_advantage")
+            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         dqn = dict(d.get("dqn") or {})
         if "hidden_sizes" in dqn:
             dqn["hidden_sizes"] = tuple(dqn["hidden_sizes"])
         return cls(env=EnergyEnvConfig.from_dict(d.get("env") or {}), dqn=DQNConfig.from_dict(dqn),
-                   factored_advantage=bool(d.get("factored_advantage", False)))
+                   factored_advantage=bool(d.get("factored_advantage", False)),
+                   validation_seeds=int(d.get("validation_seeds", 2)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (written beside the checkpoint as ``config.yaml``)."""
         from dataclasses import asdict
 
         env = self.env.to_dict()
-        return {"env": _plain(env), "dqn": _plain(asdict(self.dqn)), "factored_advantage": self.factored_advantage}
+        return {"env": _plain(env), "dqn": _plain(asdict(self.dqn)), "factored_advantage": self.factored_advantage,
+                "validation_seeds": self.validation_seeds}
 
 
 def _plain(v: Any) -> Any:
@@ -96,5 +104,39 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
     metadata = {"action_space": space.to_dict(), "state_config": config.env.state.to_dict(),
                 "hidden_sizes": list(config.dqn.hidden_sizes), "factored_advantage": config.factored_advantage,
                 "env": _plain(config.env.to_dict())}
+    validate = Validator(config.env, config.validation_seeds) if config.validation_seeds > 0 else None
     return train(env, q, config.dqn, kind=CHECKPOINT_KIND, out_dir=out, resume=resume, metadata=metadata,
-                 metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end)
+                 metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end, validate=validate)
+
+
+class Validator:
+    """Scores a checkpoint on held-out validation workloads (seeds ``VALIDATION_SEED_BASE + k`` of every training
+    scenario, disjoint from training (>= 2**20), evaluation (0..N-1) and grid-search (500000+) seeds).
+
+    Score = mean fractional energy-per-token saving vs static max clock, minus 10 x the mean shortfall of SLO
+    attainment below ``slo_target``: a checkpoint that saves more by missing the SLO does not win.
+    """
+
+    def __init__(self, env: EnergyEnvConfig, seeds: int, slo_target: float = 0.99) -> None:
+        self.env = env
+        self.slo_target = slo_target
+        self.cases = [(load_scenario(s), VALIDATION_SEED_BASE + k) for s in env.scenarios for k in range(seeds)]
+        self._baseline: dict[int, float] = {}
+
+    def _run(self, spec: str, i: int) -> dict[str, float]:
+        scn, seed = self.cases[i]
+        space = build_action_space(scn, self.env)
+        controller = make_controller(spec, control_context(scn, space, self.env.interval_s), seed=seed)
+        return run_metrics(run_controller(controller, scn.cluster, scn.build_workload(seed), scn.slo,
+                                            interval_s=self.env.interval_s, seed=seed))
+
+    def __call__(self, policy: Path) -> float:
+        """The score of the policy file ``policy`` (higher is better)."""
+        savings, shortfalls = [], []
+        for i in range(len(self.cases)):
+            if i not in self._baseline:
+                self._baseline[i] = self._run("static", i)["energy_per_token_j"]
+            m = self._run(f"dqn:{policy}", i)
+            savings.append(1.0 - m["energy_per_token_j"] / self._baseline[i])
+            shortfalls.append(max(0.0, self.slo_target - m["slo_attainment"]))
+        return float(sum(savings) / len(savings) - 10.0 * sum(shortfalls) / len(shortfalls))

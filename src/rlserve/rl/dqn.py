@@ -35,6 +35,7 @@ holds the networks, optimizer, replay buffer, counters and every RNG state, and 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -327,8 +328,10 @@ class DQNTrainResult:
 
 CHECKPOINT_NAME = "checkpoint.pt"  # full training state (resume)
 POLICY_NAME = "policy.pt"  # network + metadata only (deployment)
+BEST_NAME = "best.pt"  # the policy.pt that scored best in validation (when a validate function is given)
 LOG_KEYS = ("rollout/episode_return", "rollout/episode_length", "rollout/epsilon", "rollout/distinct_actions",
-            "train/loss", "train/q_mean", "train/grad_norm", "train/mean_cost", "train/lagrange", "time/episodes",
+            "train/loss", "train/q_mean", "train/grad_norm", "train/mean_cost", "train/lagrange",
+            "train/validation_score", "time/episodes",
             "time/steps_per_s", "time/wall_s")
 
 
@@ -344,7 +347,8 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
           logger: Logger | None = None, resume: bool = False, metadata: Mapping[str, Any] | None = None,
           metric_names: Sequence[str] = (),
           episode_seed: Callable[[int], int] | None = None,
-          on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> DQNTrainResult:
+          on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None,
+          validate: Callable[[Path], float] | None = None) -> DQNTrainResult:
     """Train ``q_network`` on ``env`` and write checkpoints to ``out_dir``.
 
     Args:
@@ -355,6 +359,9 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
         metric_names: the keys of ``info["episode_metrics"]`` the env reports (the CSV schema is fixed up front).
         episode_seed: seed of ``env.reset`` for episode ``i`` (default: ``config.seed * 100_003 + i``).
         on_episode_end: called with (episode index, the final step's ``info``), e.g. for a progress bar.
+        validate: called with the path of each ``policy.pt`` written (every checkpoint and at the end); the
+            highest-scoring one is kept as ``best.pt``. Greedy DQN policies fluctuate between checkpoints, so the
+            policy to deploy is chosen on held-out validation runs, not taken from wherever training stopped.
 
     At each episode end ``info["episode_metrics"]`` (if the env provides it) is logged under ``system/``.
     """
@@ -368,7 +375,7 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
         raise ConfigError(f"DQN needs a Discrete action space, got {env.action_space}")
     agent = DQNAgent(q_network, obs_dim, int(env.action_space.n), config, rng)
     seed_of = episode_seed or (lambda i: config.seed * 100_003 + i)
-    episode, returns = 0, []
+    episode, returns, best_score = 0, [], -math.inf
     if resume:
         if out is None:
             raise ConfigError("resume needs the output directory of the run to continue")
@@ -376,19 +383,27 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
         agent.load_state_dict(ck["agent"])
         restore_rng_state(ck["rng"], {"agent": rng})
         episode, returns = int(ck["episode"]), list(ck["episode_returns"])
+        best_score = float(ck.get("best_score", -math.inf))
     log = logger if logger is not None else (default_logger(out, metric_names) if out is not None else Logger())
     next_ckpt = agent.steps + config.checkpoint_interval if config.checkpoint_interval else None
     ck_path = None
 
     def save() -> Path | None:
+        nonlocal best_score
         if out is None:
             return None
         meta = {"config": asdict(config), "metadata": dict(metadata or {}), "episode": episode,
                 "episode_returns": returns}
-        save_checkpoint(out / POLICY_NAME, {"agent": {"q": agent.q.state_dict(), "steps": agent.steps}, **meta},
-                        kind=kind)
+        policy = {"agent": {"q": agent.q.state_dict(), "steps": agent.steps}, **meta}
+        save_checkpoint(out / POLICY_NAME, policy, kind=kind)
+        if validate is not None:
+            score = float(validate(out / POLICY_NAME))
+            log.record("train/validation_score", score)
+            if score > best_score:
+                best_score = score
+                save_checkpoint(out / BEST_NAME, {**policy, "validation_score": score}, kind=kind)
         return save_checkpoint(out / CHECKPOINT_NAME, {"agent": agent.state_dict(), "rng": rng_state({"agent": rng}),
-                                                       **meta}, kind=kind)
+                                                       "best_score": best_score, **meta}, kind=kind)
 
     try:
         while agent.steps < config.total_steps:
