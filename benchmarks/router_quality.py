@@ -125,8 +125,8 @@ def main() -> None:
     report: dict = {"seeds": seeds, "checkpoint": str(args.checkpoint), "scenarios": results}
     ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     report["shipped_training"] = {"wall_s": ck["wall_s"], "decisions": ck["env_steps"], "updates": ck["update"]}
-    print(f"shipped checkpoint: {ck['update']} PPO updates, {ck['env_steps']:,} PPO decisions, "
-          f"{ck['wall_s']:.0f} s wall to train (incl. stabilisation, cloning, validation)")
+    print(f"checkpoint reached after {ck['wall_s']:.0f} s of training wall time (incl. stabilisation, cloning, "
+          f"validation): PPO update {ck['update']}, {ck['env_steps']:,} PPO decisions")
     if not args.skip_throughput:
         cfg = from_dict(TrainConfig, ck["config"])
         tp = training_throughput(cfg)

@@ -38,7 +38,7 @@ def _run(env, router, seed):
 
 
 def test_episode_matches_simulator_and_cost_sums_to_latency():
-    env = RoutingEnv(["heterogeneous"], episode_requests=300)
+    env = RoutingEnv(["heterogeneous"], episode_requests=300, reward=RewardConfig(mode="cost"))
     rewards, e2e_cost, steps = _run(env, "least_outstanding", seed=5)
     assert steps == 300  # one step per request, truncated after the last
     # the env dispatches exactly what the router would have done in the simulator itself
@@ -58,7 +58,7 @@ def sum_ttft(records, last):
 
 
 def test_capability_aware_teacher_earns_more_reward_on_heterogeneous_cluster():
-    env = RoutingEnv(["heterogeneous"], episode_requests=400)
+    env = RoutingEnv(["heterogeneous"], episode_requests=400, reward=RewardConfig(mode="cost"))
     worse, _, _ = _run(env, "round_robin", seed=2)
     better, _, _ = _run(env, "least_expected_latency", seed=2)
     assert sum(better) > sum(worse)

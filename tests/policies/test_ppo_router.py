@@ -31,7 +31,8 @@ def test_training_writes_checkpoint_metrics_and_tensorboard(trained):
     out, result = trained
     assert result.updates == 2 and result.checkpoint_path == out / "checkpoint.pt"
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/approx_kl", "rollout/reward/cost", "system/latency_s", "rollout/action/frac_3"} <= set(header)
+    assert {"train/approx_kl", "rollout/reward/total", "rollout/reward/e2e_request_s", "system/latency_s",
+            "rollout/action/frac_3"} <= set(header)
     acc = EventAccumulator(str(out / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])

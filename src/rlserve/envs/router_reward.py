@@ -14,15 +14,14 @@ quantity is measured over the step's own interval ``[t_k, t_{k+1})`` (from this 
 
 Modes (``RewardConfig.mode``):
 
-``cost`` (default)
+``cost``
     ``-(e2e_request_s + ttft_weight * ttft_request_s) / cost_scale_s - balance_weight * cv``. The return is the
-    negative of exactly what the benchmark measures (mean E2E and mean TTFT), attributable and dense. It learned
-    best in our runs (docs/ppo_router.md has the comparison).
+    negative of exactly what the benchmark measures (mean E2E and mean TTFT), attributable and dense.
 ``instant``
     ``throughput - latency_weight * latency - balance_weight * cv - threshold_penalty(latency)``
 ``delta``
     the same terms as ``instant`` but as changes from the previous step's values.
-``hybrid`` (the seed's recommended mode)
+``hybrid`` (the seed's recommended mode; the default: it validated narrowly best, see docs/ppo_router.md)
     ``absolute_weight * (throughput / target - alpha * latency / threshold)
     + delta_weight * (beta * Δthroughput_norm - delta_latency_weight * Δlatency_norm)
     - balance_weight * cv - kappa / (1 + exp(-(latency - threshold) / sigma))``

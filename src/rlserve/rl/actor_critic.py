@@ -23,13 +23,16 @@ Hidden states have shape ``(2 * gru_layers, N, hidden_size)``: the actor GRU's l
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.distributions import Categorical
 
+M = TypeVar("M", bound=nn.Module)
 
-def _orthogonal(module: nn.Module, gain: float) -> nn.Module:
+
+def _orthogonal(module: M, gain: float) -> M:
     for name, p in module.named_parameters():
         if "weight" in name and p.dim() >= 2:
             nn.init.orthogonal_(p, gain)

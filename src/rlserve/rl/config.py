@@ -94,8 +94,9 @@ class PPOConfig:
 class RewardConfig:
     """Reward of each routing decision (see :mod:`rlserve.envs.router_reward`; modes are documented there)."""
 
-    mode: Literal["cost", "hybrid", "instant", "delta"] = "cost"
-    """``cost``: Little's-law latency cost of the step (default, learns best); the seed's three modes otherwise."""
+    mode: Literal["cost", "hybrid", "instant", "delta"] = "hybrid"
+    """``hybrid`` (the seed's recommended mode, on per-interval metrics; its run validated best, narrowly),
+    ``cost`` (Little's-law latency cost: the exact benchmark objective), ``instant`` or ``delta``."""
     ttft_weight: float = 1.0
     """Cost mode: weight of request-seconds spent waiting for the first token, added to request-seconds in
     the system (their sums over an episode are total TTFT and total E2E latency)."""

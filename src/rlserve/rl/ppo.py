@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -54,12 +54,9 @@ CHECKPOINT_KIND = "ppo"
 TB_RENAME = {"train/": "PPO/", "rollout/reward/": "Reward/", "system/": "System/", "rollout/action/": "Actions/"}
 
 
-class Demonstrator(Protocol):
-    """Supplies warm-start actions for an environment's current state: (behaviour action, teacher action)."""
-
-    def __call__(self, env: gym.Env, episode: int) -> tuple[int, int]:
-        """The action that drives the environment now and the teacher's label for the same state."""
-        ...
+# Warm-start actions for an environment's current state, given the environment and its episode index:
+# (the action that drives the environment now, the teacher's label for the same state).
+Demonstrator = Callable[[gym.Env, int], tuple[int, int]]
 
 
 @dataclass
@@ -270,7 +267,10 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         raise ConfigError(f"{ck_path} exists; pass --resume to continue it or choose another output directory")
 
     runner = _EnvRunner(env_fns, cfg.seed)
-    obs_dim = int(np.prod(runner.envs[0].observation_space.shape))
+    obs_shape = runner.envs[0].observation_space.shape
+    if obs_shape is None or len(obs_shape) != 1:
+        raise ConfigError(f"PPO here needs flat Box observations, got shape {obs_shape}")
+    obs_dim = int(obs_shape[0])
     action_dim = int(runner.envs[0].action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng(cfg.seed)  # minibatch order and stabilisation actions
     torch.manual_seed(cfg.seed)
