@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,7 +66,7 @@ def train_energy_cmd(
     with _progress() as progress:
         task = progress.add_task("training (decisions)", total=cfg.dqn.total_steps)
 
-        def on_episode(i: int, info: dict[str, Any]) -> None:
+        def on_episode(i: int, info: Mapping[str, Any]) -> None:
             m = info.get("episode_metrics", {})
             progress.update(task, advance=m.get("decisions", 0), description=(
                 f"episode {i + 1}: {m.get('energy_per_output_token_j', float('nan')):.3f} J/out-token, "

@@ -117,6 +117,11 @@ def with_block_size(scenario: Scenario, block_size: int) -> Scenario:
                                name=f"{scenario.name}@bs{block_size}")
 
 
+def replica_max_power_w(replica: ReplicaConfig) -> float:
+    """The replica's power limit: its GPUs' TDP times the tensor-parallel degree."""
+    return get_gpu(replica.gpu).max_power_w * replica.tp
+
+
 def scale_load(workload: Workload, factor: float) -> Workload:
     """The same requests arriving ``factor`` times as fast (inter-arrival gaps divided by ``factor``)."""
     if factor == 1.0:
@@ -132,9 +137,9 @@ def default_reward_params(name: str, scenario: Scenario, interval_s: float) -> d
     point, so rewards centre near 0). ``greendls``: ``slo_delay_s`` = the E2E SLO, else TTFT + 200 x TPOT.
     """
     if name == "energy_per_token":
-        perf = build_perf_model(scenario.cluster.replicas[0])
-        t0, t1, e0, e1 = perf.decode_coeffs(32)
-        return {"energy_scale_j": perf.max_power_w * interval_s, "ept_ref_j": (e0 + e1 * 32 * 1024) / 32}
+        replica = scenario.cluster.replicas[0]
+        _, _, e0, e1 = build_perf_model(replica).decode_coeffs(32)
+        return {"energy_scale_j": replica_max_power_w(replica) * interval_s, "ept_ref_j": (e0 + e1 * 32 * 1024) / 32}
     if name == "greendls":
         slo = scenario.slo
         if slo.e2e_s is not None:
@@ -158,9 +163,9 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
             raise ConfigError(f"env.scenarios must share one GPU type (one action space), got {sorted(gpus)}")
         self.action_space_def = build_action_space(self.scenarios[0], cfg)
         self.action_space = gym.spaces.Discrete(self.action_space_def.n_actions)
-        max_power_w = max(build_perf_model(s.cluster.replicas[0]).max_power_w for s in self.scenarios)
-        low, high = observation_bounds(cfg.state, max_power_w)
-        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+        max_power_w = max(replica_max_power_w(s.cluster.replicas[0]) for s in self.scenarios)
+        self._low, self._high = observation_bounds(cfg.state, max_power_w)
+        self.observation_space = gym.spaces.Box(self._low, self._high, dtype=np.float32)
         self.reward_fns: list[RewardFn] = [
             make_reward(cfg.reward, **{**default_reward_params(cfg.reward, s, cfg.interval_s), **cfg.reward_params})
             for s in self.scenarios]
@@ -193,7 +198,7 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
     def _observe(self, snapshot: Any) -> np.ndarray:
         assert self._state is not None  # internal: reset() creates it
         obs = self._state.build(snapshot, 0)
-        return np.clip(obs, self.observation_space.low, self.observation_space.high)
+        return np.clip(obs, self._low, self._high)
 
     def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply the action for one interval; reward and observation describe that interval."""

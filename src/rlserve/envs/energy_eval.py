@@ -136,7 +136,7 @@ def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequen
     space = action_space or ActionSpace(tuple(sorted(set(caps))), tuple(sorted(set(clocks_mhz))))
     specs = [f"static:{c}@{f:g}" for c in caps for f in clocks_mhz]
     results = evaluate_controllers(specs, scenario, seeds, action_space=space, interval_s=interval_s)
-    table = []
+    table: list[dict[str, Any]] = []
     for spec, res in results.items():
         agg = res.aggregate()
         worst = min(r["slo_attainment"] for r in res.per_seed)

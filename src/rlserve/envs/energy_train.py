@@ -97,7 +97,7 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     env = EnergyEnv(config.env)
-    obs_dim = int(env.observation_space.shape[0])
+    obs_dim = env.config.state.dim
     space = env.action_space_def
     factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if config.factored_advantage else None
     q = DuelingQNetwork(obs_dim, space.n_actions, config.dqn.hidden_sizes, factors)

@@ -370,7 +370,7 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
     torch.manual_seed(config.seed)
     q_network.apply(_reset_parameters)  # initialise from config.seed, whatever the caller's RNG did
     rng = np.random.default_rng(config.seed)
-    obs_dim = int(np.prod(env.observation_space.shape))
+    obs_dim = int(np.prod(env.observation_space.shape or ()))
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise ConfigError(f"DQN needs a Discrete action space, got {env.action_space}")
     agent = DQNAgent(q_network, obs_dim, int(env.action_space.n), config, rng)

@@ -70,7 +70,7 @@ class ClockActuator:
         self.apply = apply
         self.on_change = on_change
         self.changes: list[ClockChange] = []
-        self._nvml = nvml if nvml is not None else _load_pynvml()
+        self._nvml: Any = nvml if nvml is not None else _load_pynvml()
         self._handles: dict[int, Any] = {}
         self._supported: dict[int, tuple[float, ...]] = {}
         self._locked: set[int] = set()

@@ -18,8 +18,8 @@ from rlserve.metrics import Slo
 from rlserve.snapshot import ClusterSnapshot
 
 if TYPE_CHECKING:
-    from rlserve.perf import ReplicaPerfModel
     from rlserve.policies.energy.action_space import ActionSpace
+    from rlserve.sim.replica import PerfModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class ControlContext:
     slo: Slo
     max_num_seqs: int
     interval_s: float = 1.0
-    perf: ReplicaPerfModel | None = None
+    perf: PerfModel | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

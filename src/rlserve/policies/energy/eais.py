@@ -113,7 +113,7 @@ class EaisController:
         rows = np.arange(len(self.clocks))[:, None]
         t1, e1 = self._t1[:, None], self._e1[:, None]
 
-        def tpot(b: np.ndarray) -> np.ndarray:
+        def tpot(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             idx = np.clip(np.ceil(b), 1, caps.max()).astype(np.int64)
             return self._t0[rows, idx] + t1 * b * ctx, idx
 
