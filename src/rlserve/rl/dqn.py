@@ -431,6 +431,8 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
                 ck_path = save()
                 next_ckpt = agent.steps + config.checkpoint_interval
         ck_path = save() or ck_path
+        if validate is not None:
+            log.dump(agent.steps)  # the final validation score
     finally:
         log.close()
     return DQNTrainResult(agent.steps, episode, returns, time.perf_counter() - started, ck_path)
