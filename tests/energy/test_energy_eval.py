@@ -109,3 +109,10 @@ def test_cli_train_then_evaluate(small_scenario: Path, tmp_path: Path) -> None:
     data = json.loads((tmp_path / "ev.json").read_text())["energy_small"]
     assert set(data["results"]) == {"static", "clipper", "eais", f"dqn:{out / 'policy.pt'}"}
     assert (tmp_path / "plots" / "energy_small_seed0.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["energy_steady", "energy_diurnal", "energy_bursty", "energy_kv_pressure"])
+def test_energy_scenarios_are_one_server_with_ttft_and_tpot_slos(name: str) -> None:
+    scn = load_scenario(name)
+    assert len(scn.cluster.replicas) == 1 and scn.slo.ttft_s and scn.slo.tpot_s
+    assert len(scn.build_workload(0)) == scn.workload.num_requests
