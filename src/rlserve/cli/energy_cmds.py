@@ -238,7 +238,7 @@ def run_cmd(
 # ---------------------------------------------------------------------------------------------------- sweep
 @energy_app.command("sweep")
 def sweep_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="One training run per block size goes under here.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="One training run per scenario and block size.")],
     block_sizes: Annotated[str, typer.Option(help="Comma-separated KV block sizes.")] = "16,32,64,128",
     config: ConfigOpt = "energy",
     scenario: ScenariosOpt = None,
@@ -246,7 +246,7 @@ def sweep_cmd(
     total_steps: Annotated[int | None, typer.Option(help="Override dqn.total_steps per run.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the sweep's numbers here.")] = None,
 ) -> None:
-    """The seed's offline block-size scheme: one controller per KV block size, the best size per workload."""
+    """The seed's offline block-size scheme: per workload, one controller per KV block size; the best size."""
     import dataclasses
 
     from rlserve.envs.energy_env import with_block_size
@@ -256,29 +256,27 @@ def sweep_cmd(
 
     sizes = [int(b) for b in block_sizes.split(",") if b.strip()]
     cfg = load_train_config(config)
-    names = scenario or list(cfg.env.scenarios)
     report: dict[str, Any] = {}
-    for name in names:
+    for name in scenario or list(cfg.env.scenarios):
         base = _scenario(name)
         per_size = {}
         for bs in sizes:
-            run_dir = out / f"bs{bs}"
-            if not (run_dir / "policy.pt").is_file():
-                cfg_bs = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, block_sizes=(bs,)))
-                if total_steps is not None:
-                    cfg_bs.dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps)
-                console.print(f"training block size {bs} -> {run_dir}")
-                train_energy(cfg_bs, run_dir)
-            space = _action_space(run_dir / "policy.pt", config, [name])
-            res = evaluate_controllers([f"dqn:{run_dir / 'policy.pt'}"], with_block_size(base, bs), range(seeds),
-                                       action_space=space)
+            run_dir = out / base.name / f"bs{bs}"
+            policy = run_dir / "best.pt" if cfg.validation_seeds > 0 else run_dir / "policy.pt"
+            if not policy.is_file():  # a finished run is reused: the sweep can be resumed
+                env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
+                dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
+                console.print(f"training {base.name} with block size {bs} -> {run_dir}")
+                train_energy(dataclasses.replace(cfg, env=env, dqn=dqn), run_dir)
+            space = _action_space(policy, config, [name])
+            res = evaluate_controllers([f"dqn:{policy}"], with_block_size(base, bs), range(seeds), action_space=space)
             per_size[bs] = next(iter(res.values()))
         best = best_by(per_size)
-        report[name] = {"best_block_size": best,
-                        "per_block_size": {bs: r.aggregate() for bs, r in per_size.items()}}
-        console.print(f"{name}: best block size {best} "
+        report[base.name] = {"best_block_size": best,
+                             "per_block_size": {bs: r.aggregate() for bs, r in per_size.items()}}
+        console.print(f"{base.name}: best block size {best}; "
                       + ", ".join(f"{bs}: {r.aggregate()['energy_per_token_j']['mean']:.4f} J/tok "
-                                  f"({r.aggregate()['slo_attainment']['mean'] * 100:.1f}% SLO)"
+                                  f"({r.aggregate()['slo_attainment']['mean'] * 100:.2f}% SLO)"
                                   for bs, r in per_size.items()))
     if json_out is not None:
         write_json(json_out, report)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig, build_action_space
+from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig, build_action_space, with_block_size
 from rlserve.envs.energy_eval import control_context, run_metrics
 from rlserve.envs.energy_sim import run_controller
 from rlserve.errors import ConfigError, InputError
@@ -120,7 +120,10 @@ class Validator:
     def __init__(self, env: EnergyEnvConfig, seeds: int, slo_target: float = 0.99) -> None:
         self.env = env
         self.slo_target = slo_target
-        self.cases = [(load_scenario(s), VALIDATION_SEED_BASE + k) for s in env.scenarios for k in range(seeds)]
+        scenarios = [load_scenario(s) for s in env.scenarios]
+        if len(env.block_sizes) == 1:  # a controller for one block size is validated on servers with that size
+            scenarios = [with_block_size(s, env.block_sizes[0]) for s in scenarios]
+        self.cases = [(s, VALIDATION_SEED_BASE + k) for s in scenarios for k in range(seeds)]
         self._baseline: dict[int, float] = {}
 
     def _run(self, spec: str, i: int) -> dict[str, float]:
