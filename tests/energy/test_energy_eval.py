@@ -116,3 +116,17 @@ def test_energy_scenarios_are_one_server_with_ttft_and_tpot_slos(name: str) -> N
     scn = load_scenario(name)
     assert len(scn.cluster.replicas) == 1 and scn.slo.ttft_s and scn.slo.tpot_s
     assert len(scn.build_workload(0)) == scn.workload.num_requests
+
+
+def test_shipped_checkpoint_is_the_default_dqn_and_decides(small_scenario: Path) -> None:
+    from rlserve.envs.energy_env import build_action_space
+    from rlserve.envs.energy_sim import run_controller
+    from rlserve.policies.energy.dqn_controller import SHIPPED_CHECKPOINT
+
+    assert SHIPPED_CHECKPOINT.is_file()
+    scn = load_scenario(small_scenario)
+    space = build_action_space(scn, load_train_config("energy").env)
+    ctl = make_controller("dqn", control_context(scn, space))
+    run = run_controller(ctl, scn.cluster, scn.build_workload(0), scn.slo)
+    assert run.summary.num_finished == 300
+    assert set(run.trace.sm_clock_mhz) <= set(space.sm_clocks_mhz) and len(set(run.trace.sm_clock_mhz)) > 1
