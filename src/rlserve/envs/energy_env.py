@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,10 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
         gpus = {s.cluster.replicas[0].gpu for s in self.scenarios}
         if len(gpus) > 1:
             raise ConfigError(f"env.scenarios must share one GPU type (one action space), got {sorted(gpus)}")
+        if cfg.state.kv_block_features and any(s.cluster.replicas[0].enable_prefix_caching for s in self.scenarios):
+            warnings.warn("state.kv_block_features with prefix caching on: cached blocks keep usage near 0 (the "
+                          "seed's finding), so these features carry little; they are meant for servers without it",
+                          stacklevel=2)
         self.action_space_def = build_action_space(self.scenarios[0], cfg)
         self.action_space = gym.spaces.Discrete(self.action_space_def.n_actions)
         max_power_w = max(replica_max_power_w(s.cluster.replicas[0]) for s in self.scenarios)
