@@ -14,9 +14,10 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def result_path(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    # ~4 s of load gives ~16 KV samples, so one sample made late by a busy host stays under validate's 10% limit
     with serve_in_thread(FakeServerConfig(inter_token_delay_s=0.005)) as server:
         res = runner.invoke(app, [
-            "bench", "--base-url", server.base_url, "--num-prompts", "60", "--request-rate", "60",
+            "bench", "--base-url", server.base_url, "--num-prompts", "60", "--request-rate", "15",
             "--random-input-len", "20", "--random-output-len", "30", "--enable-kv-trace", "--kv-monitor-interval",
             "0.25", "--monitor-cpu", "--goodput", "ttft:500 e2el:5000", "--metric-percentiles", "50,90",
             "--save-result", "--result-dir", str(out), "--result-filename", "r.json", "--save-telemetry-log",
