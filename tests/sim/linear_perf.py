@@ -31,7 +31,8 @@ class LinearPerf:
         t0 = self.overhead_s + self.decode_seq_s * batch_size
         return t0, self.ctx_token_s, t0 * self.power_w, self.ctx_token_s * self.power_w
 
-    def step_cost(self, prefill: list[tuple[int, int]], num_decode: int, decode_context_sum: int) -> tuple[float, float]:
+    def step_cost(self, prefill: list[tuple[int, int]], num_decode: int,
+                  decode_context_sum: int) -> tuple[float, float]:
         dt = self.overhead_s + self.prefill_token_s * sum(n for n, _ in prefill)
         if num_decode:
             dt += self.decode_seq_s * num_decode + self.ctx_token_s * decode_context_sum

@@ -221,3 +221,19 @@ def test_pop_finished_returns_each_request_once_in_finish_order() -> None:
     sim.run(router)
     sim.finish()
     assert len(seen) == len(set(seen))
+
+
+def test_run_gives_a_router_the_queue_views_it_asks_for() -> None:
+    class QueueReader(Recorder):
+        queue_k = 3
+
+        def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+            self.longest = max(getattr(self, "longest", 0), max(len(r.queue) for r in snapshot.replicas))
+            assert all(len(r.queue) <= 3 for r in snapshot.replicas)
+            return super().select(request, snapshot)
+
+    w = random_workload(np.random.default_rng(2), 200, qps=40.0)
+    sim = ClusterSimulator(cluster(2), w, perf_models=[LinearPerf(), LinearPerf()])
+    router = QueueReader()
+    sim.run(router)
+    assert router.longest == 3

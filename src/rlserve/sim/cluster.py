@@ -146,11 +146,12 @@ class ClusterSimulator:
         table = self.table
         prompt, output, prefix_id, prefix_tokens = table.prompt, table.output, table.prefix_id, table.prefix_tokens
         select = router.select
+        queue_k = getattr(router, "queue_k", 0)  # per-request queue views, as the proxy honours too
         for i in range(self._next, max(end, self._next)):
             t = arrival[i]
             self.now = t
             self._next = i
-            r = select(Request(i, t, prompt[i], output[i], prefix_id[i], prefix_tokens[i]), self.snapshot())
+            r = select(Request(i, t, prompt[i], output[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
             if not 0 <= r < num:
                 raise ConfigError(f"router {getattr(router, 'name', router)!r} chose replica {r}, "
                                   f"outside [0, {num})")
