@@ -23,6 +23,7 @@ Per-request decode state is kept relative to a replica-wide step counter so a ju
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections import OrderedDict, deque
@@ -85,6 +86,14 @@ class RequestTable:
         self.incarnation = [0] * n  # bumped at preemption; invalidates stale completion-heap entries
         self.finished_order: list[int] = []  # request ids in the order replicas finished them
 
+    def copy(self) -> RequestTable:
+        """An independent copy for what-if runs (each column is copied; the columns hold immutable scalars)."""
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(clone, name, list(value))
+        return clone
+
 
 class Replica:
     """A vLLM-like engine. Driven by :class:`~rlserve.sim.cluster.ClusterSimulator`; not used directly."""
@@ -143,6 +152,11 @@ class Replica:
         self.first_tokens = 0
         self.assigned = 0
         self.rejected = 0
+
+    def fork(self, table: RequestTable) -> Replica:
+        """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
+        runs. The fork shares the configuration and the performance model, so it must not change the clock."""
+        return copy.deepcopy(self, {id(self.t): table, id(self.perf): self.perf, id(self.cfg): self.cfg})
 
     # ------------------------------------------------------------------ driving
     def advance_to(self, t: float) -> None:
