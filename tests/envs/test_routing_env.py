@@ -7,13 +7,14 @@ from gymnasium.utils.env_checker import check_env
 
 from rlserve.envs.router_reward import RewardCalculator, StepOutcome, load_balance_cv
 from rlserve.envs.router_state import StateBuilder
-from rlserve.envs.routing_env import RoutingEnv
+from rlserve.envs.routing_env import LOOKAHEAD_TTFT_WEIGHT, RoutingEnv
 from rlserve.envs.scenario_sampler import ScenarioSampler
 from rlserve.errors import ConfigError
 from rlserve.policies import make_router
 from rlserve.rl.config import RewardConfig, StateConfig
 from rlserve.scenario import load_scenario
 from rlserve.sim import simulate
+from rlserve.sim.lookahead import simulate_lookahead
 
 
 def test_passes_gymnasium_env_checker():
@@ -62,6 +63,16 @@ def test_capability_aware_teacher_earns_more_reward_on_heterogeneous_cluster():
     worse, _, _ = _run(env, "round_robin", seed=2)
     better, _, _ = _run(env, "least_expected_latency", seed=2)
     assert sum(better) > sum(worse)
+
+
+def test_lookahead_teacher_labels_as_the_planner_routes_and_can_be_chosen_in_hindsight():
+    env = RoutingEnv(["heterogeneous"], episode_requests=200, reward=RewardConfig(mode="cost"))
+    _run(env, "lookahead", seed=4)
+    ref, _ = simulate_lookahead(env.current.scenario.cluster, env.sim.workload, ttft_weight=LOOKAHEAD_TTFT_WEIGHT)
+    np.testing.assert_array_equal(env.sim.finish().records.replica, ref.records.replica)
+    env.reset(seed=4)
+    # on a heterogeneous cluster the clairvoyant planner beats request counting in hindsight
+    assert env.best_heuristic(["least_outstanding", "lookahead"]) == "lookahead"
 
 
 def test_same_seed_same_episode():

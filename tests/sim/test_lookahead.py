@@ -8,8 +8,8 @@ import pytest
 
 from rlserve.policies import make_router
 from rlserve.scenario import load_scenario
-from rlserve.sim import simulate
-from rlserve.sim.lookahead import simulate_lookahead
+from rlserve.sim import ClusterSimulator, simulate
+from rlserve.sim.lookahead import LookaheadPlanner, simulate_lookahead
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Request
 
@@ -51,3 +51,19 @@ def test_it_beats_count_based_routing_on_a_heterogeneous_cluster(heterogeneous) 
     # it uses the fast replicas (H100s are 0 and 1) for most requests, but not for all
     fast_share = np.mean(choices < 2)
     assert 0.5 < fast_share < 1.0
+
+
+def test_cached_choices_equal_fresh_ones_whatever_drives_the_cluster() -> None:
+    # A planner reuses each replica's drained latencies until it receives a request; a fresh planner recomputes
+    # everything from the request table. Under arbitrary (random) dispatching both must choose alike.
+    scn = load_scenario("heterogeneous").with_num_requests(150)
+    sim = ClusterSimulator(scn.cluster, scn.build_workload(5))
+    cached = LookaheadPlanner(sim, ttft_weight=1.0)
+    rng = np.random.default_rng(0)
+    agree = 0
+    while sim.peek_arrival() is not None:
+        choice = cached.choose()
+        assert choice == LookaheadPlanner(sim, ttft_weight=1.0).choose()
+        agree += 1
+        sim.dispatch(int(rng.integers(sim.num_replicas)))
+    assert agree == 150

@@ -26,9 +26,14 @@ from rlserve.envs.router_state import StateBuilder
 from rlserve.envs.scenario_sampler import RANDOMIZED, SampledScenario, ScenarioSampler
 from rlserve.policies import Router, make_router
 from rlserve.rl.config import RewardConfig, StateConfig
-from rlserve.sim import ClusterSimulator, simulate
+from rlserve.sim import ClusterSimulator, SimResult, simulate
+from rlserve.sim.lookahead import LookaheadPlanner, simulate_lookahead
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Request
+
+LOOKAHEAD_TEACHER = "lookahead"
+"""Teacher name of the clairvoyant lookahead planner (:mod:`rlserve.sim.lookahead`): demonstrations only."""
+LOOKAHEAD_TTFT_WEIGHT = 1.0  # the planner's cost = completion + first-token times, as the hindsight cost weighs them
 
 SYSTEM_KEYS = ("system/throughput_rps", "system/latency_s", "system/queue_length", "system/outstanding",
                "system/balance_cv", "system/qps")
@@ -82,6 +87,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             workload = self.current.scenario.build_workload(workload_seed)
         self.sim = ClusterSimulator(self.current.scenario.cluster, workload, seed=workload_seed)
         self._routers = {}
+        self._planner: LookaheadPlanner | None = None
         self._best: tuple[tuple[str | float, ...], str] | None = None
         self._router_seed = int(rng.integers(2**31 - 1))
         self.state_builder.reset()
@@ -195,18 +201,30 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         if self._best is None or self._best[0] != key:
             costs = {}
             for name in candidates:
-                summary = simulate(self.sim.cluster, self.sim.workload,
-                                   make_router(name, seed=self._router_seed)).summary()
+                summary = self._replay(name).summary()
                 costs[name] = summary.e2e_s["mean"] + summary.ttft_s["mean"]
             best = min(costs, key=costs.__getitem__)
             default = candidates[0]
             self._best = (key, best if costs[best] < (1.0 - margin) * costs[default] else default)
         return str(self._best[1])
 
+    def _replay(self, router: str) -> SimResult:
+        """This episode's whole workload routed by ``router`` (a heuristic or the lookahead teacher)."""
+        assert self.sim is not None
+        if router == LOOKAHEAD_TEACHER:
+            return simulate_lookahead(self.sim.cluster, self.sim.workload, ttft_weight=LOOKAHEAD_TTFT_WEIGHT)[0]
+        return simulate(self.sim.cluster, self.sim.workload, make_router(router, seed=self._router_seed))
+
     def heuristic_action(self, router: str) -> int:
-        """The replica the named heuristic router would choose for the current request in the current state."""
+        """The replica the named heuristic router (or the ``lookahead`` teacher, which sees the simulator's future
+        output lengths and so can only label demonstrations) would choose for the current request now."""
         if self._request is None or self._snapshot is None:
             raise RuntimeError("no request awaiting a decision; call reset()")
+        if router == LOOKAHEAD_TEACHER:
+            assert self.sim is not None
+            if self._planner is None:
+                self._planner = LookaheadPlanner(self.sim, LOOKAHEAD_TTFT_WEIGHT)
+            return self._planner.choose()
         if router not in self._routers:
             self._routers[router] = make_router(router, seed=self._router_seed + len(self._routers))
         return int(self._routers[router].select(self._request, self._snapshot))
