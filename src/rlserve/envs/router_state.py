@@ -17,9 +17,11 @@ grows without bound and says nothing about the present (defect 1's cousin on the
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
+from math import log1p
 
 import numpy as np
 
@@ -39,20 +41,26 @@ INCOMING_REQUEST = 2
 
 
 def _log1p(x: float) -> float:
-    return math.log1p(x) if x > 0 else 0.0
+    return log1p(x) if x > 0 else 0.0
+
+
+@functools.cache
+def _centred_indices(n: int) -> tuple[tuple[float, ...], float]:
+    """``i - (n - 1) / 2`` for ``i < n``, and the sum of their squares (the slope's denominator, fixed per n)."""
+    mid = (n - 1) / 2
+    return tuple(i - mid for i in range(n)), sum((i - mid) ** 2 for i in range(n))
 
 
 def _slope_var(values: Sequence[float]) -> tuple[float, float]:
     """Least-squares slope per sample and population variance of a short series (plain Python: n <= ~10)."""
     n = len(values)
     mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / n
+    dev = [v - mean for v in values]
+    var = sum([d**2 for d in dev]) / n
     if n < 2:
         return 0.0, var
-    mid = (n - 1) / 2
-    num = sum((i - mid) * (v - mean) for i, v in enumerate(values))
-    den = sum((i - mid) ** 2 for i in range(n))
-    return num / den, var
+    offsets, den = _centred_indices(n)
+    return sum([o * d for o, d in zip(offsets, dev, strict=True)]) / den, var
 
 
 class StateBuilder:
@@ -107,7 +115,6 @@ class StateBuilder:
         """Forget the history (start of a run)."""
         n, w = self.num_replicas, self.cfg.state_history_window
         self._load_hist: list[deque[float]] = [deque(maxlen=w) for _ in range(n)]
-        self._time_hist: deque[float] = deque(maxlen=w)
         self._prev_outstanding = [0.0] * n
         self._prev_blocks = [0.0] * n
         self._load_ema = [0.0] * n
@@ -122,6 +129,11 @@ class StateBuilder:
         self._started = False
 
     # ------------------------------------------------------------------ building
+    # Speed: this runs once per routing decision, in front of every request the proxy forwards, so it is written
+    # for CPython rather than for brevity: list comprehensions instead of generators, ``log1p(x) if x > 0 else 0.0``
+    # inline instead of a call per feature, each attribute read once. numpy would not help at a few replicas (its
+    # per-call overhead exceeds the work) and its SIMD log1p may differ from libm's in the last bit; a checkpoint
+    # must see the observations it was trained on bit for bit (tests/policies/test_router_state_recorded.py).
     def build(self, snapshot: ClusterSnapshot, request: Request | None) -> np.ndarray:
         """The state vector at ``snapshot.time_s`` for routing ``request`` (``None`` = no request: zeros).
 
@@ -134,24 +146,26 @@ class StateBuilder:
             raise ValueError(f"snapshot has {len(reps)} replicas, the state builder was made for {self.num_replicas}")
         if request is not None:
             self._arrivals.append(request.arrival_s)
-        self._time_hist.append(now)
-        max_decode = max(r.decode_tokens_per_s for r in reps) or 1.0
-        max_prefill = max(r.prefill_tokens_per_s for r in reps) or 1.0
-        max_kv = max(r.kv_capacity_tokens for r in reps) or 1
         out: list[float] = []
         outstanding = [float(r.outstanding) for r in reps]
-        expected = [LeastExpectedLatencyRouter.estimate_s(r, request) if request is not None else 0.0
-                    for r in reps] if c.include_work else []
-        best = min(expected) if expected else 0.0
+        if c.include_capability:
+            max_decode = max([r.decode_tokens_per_s for r in reps]) or 1.0
+            max_prefill = max([r.prefill_tokens_per_s for r in reps]) or 1.0
+            max_kv = max([r.kv_capacity_tokens for r in reps]) or 1
+        if c.include_work:
+            estimate = LeastExpectedLatencyRouter.estimate_s
+            expected = [estimate(r, request) for r in reps] if request is not None else [0.0] * len(reps)
+            best = min(expected)
         for i, r in enumerate(reps):
-            out += self._replica_features(i, r, now)
+            self._replica_features(out, i, r, now)
             if c.include_capability:
                 out += [r.decode_tokens_per_s / max_decode, r.prefill_tokens_per_s / max_prefill,
                         r.kv_capacity_tokens / max_kv]
             if c.include_work:
-                out += self._work_features(r, request, expected[i], best)
-            out += self._queue_features(r)
-        out += self._global_features(reps, outstanding, now)
+                self._work_features(out, r, request, expected[i], best)
+            if c.max_queue_requests_per_replica:
+                self._queue_features(out, r)
+        self._global_features(out, reps, outstanding, now)
         if c.include_request:
             out += [_log1p(request.prompt_tokens), _log1p(request.output_tokens)] if request is not None else [0.0, 0.0]
         self._prev_outstanding = outstanding
@@ -159,59 +173,63 @@ class StateBuilder:
         self._started = True
         return np.asarray(out, np.float64)
 
-    def _replica_features(self, i: int, r: ReplicaState, now: float) -> list[float]:
+    def _replica_features(self, out: list[float], i: int, r: ReplicaState, now: float) -> None:
         hist = self._preempt_hist[i]
         hist.append(r.num_preemptions_total)
-        base = [
-            _log1p(r.num_waiting), _log1p(r.kv_blocks_used), _log1p(r.kv_blocks_total), r.kv_usage, 1.0 - r.kv_usage,
-            _log1p(r.num_running), float(hist[-1] - hist[0]), _log1p(r.outstanding), _log1p(r.concurrency_cap),
-            float(r.block_size), float(r.num_stages),
-        ]
+        outstanding, used, total, usage = r.outstanding, r.kv_blocks_used, r.kv_blocks_total, r.kv_usage
+        waiting, blocks_used, blocks_total, running, load_now, cap = [
+            log1p(x) if x > 0 else 0.0
+            for x in (r.num_waiting, used, total, r.num_running, outstanding, r.concurrency_cap)]
+        out += [waiting, blocks_used, blocks_total, usage, 1.0 - usage, running, float(hist[-1] - hist[0]), load_now,
+                cap, float(r.block_size), float(r.num_stages)]
         if not self.cfg.enable_enhanced_features:
-            return base
-        load = float(r.outstanding)
+            return
+        load = float(outstanding)
         a = self.cfg.ema_alpha
-        self._load_ema[i] = load if not self._started else a * load + (1 - a) * self._load_ema[i]
+        ema = self._load_ema[i] = load if not self._started else a * load + (1 - a) * self._load_ema[i]
         lh = self._load_hist[i]
         lh.append(load)
-        peak = max(lh)
+        peak, low = max(lh), min(lh)
         if load >= peak:
             self._peak_time[i] = now
         prev_out = self._prev_outstanding[i] if self._started else load
-        prev_blocks = self._prev_blocks[i] if self._started else r.kv_blocks_used
+        prev_blocks = self._prev_blocks[i] if self._started else used
         trend, var = _slope_var(lh)
-        return base + [
-            load - prev_out, (r.kv_blocks_used - prev_blocks) / max(r.kv_blocks_total, 1), _log1p(self._load_ema[i]),
-            trend, var, _log1p(peak), _log1p(min(lh)), now - self._peak_time[i],
-        ]
+        log_ema, log_peak, log_low = [log1p(x) if x > 0 else 0.0 for x in (ema, peak, low)]
+        out += [load - prev_out, (used - prev_blocks) / max(total, 1), log_ema, trend, var, log_peak, log_low,
+                now - self._peak_time[i]]
 
     @staticmethod
-    def _work_features(r: ReplicaState, request: Request | None, latency_s: float, best_s: float) -> list[float]:
+    def _work_features(out: list[float], r: ReplicaState, request: Request | None, latency_s: float,
+                       best_s: float) -> None:
         """Seconds of queued prefill (incl. this prompt), of queued decode per batch slot, of this request's
         decode alone, the least-expected-latency router's estimate, and that estimate's gap to the best replica."""
         prompt = request.prompt_tokens if request is not None else 0
         output = request.output_tokens if request is not None else 0
-        batch = r.outstanding + 1
-        return [
-            _log1p((r.pending_prefill_tokens + prompt) / r.prefill_tokens_per_s),
-            _log1p(r.pending_decode_tokens / (r.decode_tokens_per_s * batch)),
-            _log1p(output / r.decode_tokens_per_s),
-            _log1p(latency_s),
-            _log1p(latency_s - best_s),
-        ]
+        decode_speed = r.decode_tokens_per_s
+        out += [log1p(x) if x > 0 else 0.0 for x in (
+            (r.pending_prefill_tokens + prompt) / r.prefill_tokens_per_s,
+            r.pending_decode_tokens / (decode_speed * (r.outstanding + 1)),
+            output / decode_speed,
+            latency_s,
+            latency_s - best_s,
+        )]
 
-    def _queue_features(self, r: ReplicaState) -> list[float]:
+    def _queue_features(self, out: list[float], r: ReplicaState) -> None:
         k = self.cfg.max_queue_requests_per_replica
-        out: list[float] = []
-        for q in r.queue[:k]:
-            out += [_log1p(q.age_s), _log1p(q.prompt_tokens), _log1p(q.processed_tokens),
-                    _log1p(q.remaining_prefill_tokens), q.generated_tokens / max(q.output_tokens, 1),
-                    _log1p(q.output_tokens), float(q.priority)]
-        return out + [0.0] * (REQUEST_FEATURES * k - len(out))
+        queue = r.queue[:k]
+        for q in queue:
+            age, prompt, processed, remaining, output = [
+                log1p(x) if x > 0 else 0.0
+                for x in (q.age_s, q.prompt_tokens, q.processed_tokens, q.remaining_prefill_tokens, q.output_tokens)]
+            out += [age, prompt, processed, remaining, q.generated_tokens / max(q.output_tokens, 1), output,
+                    float(q.priority)]
+        out += [0.0] * (REQUEST_FEATURES * (k - len(queue)))
 
-    def _global_features(self, reps: tuple[ReplicaState, ...], outstanding: list[float], now: float) -> list[float]:
-        waiting = float(sum(r.num_waiting for r in reps))
-        completed = sum(r.completed_total for r in reps)
+    def _global_features(self, out: list[float], reps: tuple[ReplicaState, ...], outstanding: list[float],
+                         now: float) -> None:
+        waiting = float(sum([r.num_waiting for r in reps]))
+        completed = sum([r.completed_total for r in reps])
         self._completions.append((now, completed))
         t0, c0 = self._completions[0]
         rate = (completed - c0) / (now - t0) if now > t0 else 0.0
@@ -219,9 +237,9 @@ class StateBuilder:
         self._throughput_ema = a * rate + (1 - a) * self._throughput_ema
         latencies = [r.recent_e2e_s for r in reps if r.recent_e2e_s > 0]
         mean_latency = sum(latencies) / len(latencies) if latencies else 0.0
-        out = [_log1p(waiting), _log1p(self._throughput_ema), _log1p(mean_latency)]
+        out += [_log1p(waiting), _log1p(self._throughput_ema), _log1p(mean_latency)]
         if not self.cfg.enable_enhanced_features:
-            return out
+            return
         arr = self._arrivals
         span = arr[-1] - arr[0] if len(arr) > 1 else 0.0
         qps = (len(arr) - 1) / span if span > 0 else 0.0
@@ -229,8 +247,8 @@ class StateBuilder:
         self._qps_hist.append(qps)
         qps_trend, qps_var = _slope_var(self._qps_hist)
         mean_load = sum(outstanding) / len(outstanding)
-        cv = math.sqrt(sum((x - mean_load) ** 2 for x in outstanding) / len(outstanding)) / mean_load \
+        cv = math.sqrt(sum([(x - mean_load) ** 2 for x in outstanding]) / len(outstanding)) / mean_load \
             if mean_load > 0 else 0.0
         delta_wait = waiting - self._prev_waiting if self._started else 0.0
         self._prev_waiting = waiting
-        return out + [_log1p(qps), _log1p(self._qps_ema), qps_trend, qps_var, cv, delta_wait, rate]
+        out += [_log1p(qps), _log1p(self._qps_ema), qps_trend, qps_var, cv, delta_wait, rate]

@@ -7,6 +7,11 @@ instead, from the router's own seeded generator. No exploration machinery (dynam
 involved. Selected by name through the registry (``rlserve.policies``): ``ppo`` (the shipped 4-replica
 checkpoint) or ``ppo:PATH``.
 
+Decisions run on a numpy copy of the actor (:class:`~rlserve.rl.actor_inference.NumpyActor`), extracted once from
+the checkpoint's torch network, which stays the training model and the reference (``self.model``): eager torch
+spent ~0.3 ms on each one-observation forward pass, mostly dispatch overhead, three times the proxy's 100 us
+decision budget.
+
 Layering note: this is the one policy that depends on the learning layers (``rl``, ``envs``): it needs the network
 and the state builder it was trained with. The registry lives here, at the policies layer, so that every world
 selects routers the same way.
@@ -17,11 +22,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from rlserve.envs.router_state import StateBuilder
 from rlserve.errors import ConfigError
 from rlserve.rl.actor_critic import ActorCritic
+from rlserve.rl.actor_inference import NumpyActor
 from rlserve.rl.checkpoints import load_checkpoint
 from rlserve.rl.config import NetworkConfig, StateConfig, from_dict
 from rlserve.rl.normalizers import RunningNormalizer
@@ -54,7 +60,8 @@ class PPORouter:
                                  proj_dim=net.proj_dim, layer_n=net.layer_n, gru_layers=net.gru_layers,
                                  bounded_logits=net.bounded_logits, logit_scale=net.logit_scale)
         self.model.load_state_dict(data["model"])  # strict: a mismatch raises, never random weights
-        self.model.eval()
+        self.model.eval()  # the reference network; decisions run on its numpy copy
+        self.actor = NumpyActor(self.model)
         self.normalizer = RunningNormalizer(data["obs_dim"])
         self.normalizer.load_state_dict(data["obs_normalizer"])
         self.normalizer.frozen = True
@@ -70,9 +77,8 @@ class PPORouter:
     def reset(self, seed: int | None = None) -> None:
         """Start a new run: empty history, zero hidden state, fresh sampling generator."""
         self.state_builder.reset()
-        self._hxs = self.model.initial_state(1)
-        self._mask = torch.zeros(1)
-        self._rng = torch.Generator().manual_seed(seed if seed is not None else 0)
+        self._hidden = self.actor.initial_state()
+        self._rng = np.random.default_rng(seed if seed is not None else 0)
         self._warned_queue = False
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
@@ -85,10 +91,9 @@ class PPORouter:
                           f"give the world queue_k={self.queue_k}", stacklevel=2)
             self._warned_queue = True
         obs = self.normalizer.normalize(self.state_builder.build(snapshot, request))
-        with torch.inference_mode():
-            logits, self._hxs = self.model.get_logits(torch.from_numpy(obs).unsqueeze(0), self._hxs, self._mask)
-        self._mask = torch.ones(1)
+        logits, self._hidden = self.actor.step(obs, self._hidden)
         if self.temperature is None:
-            return int(torch.argmax(logits[0]))
-        probs = torch.softmax(logits[0] / self.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self._rng))
+            return int(logits.argmax())
+        z = logits.astype(np.float64) / self.temperature
+        p = np.exp(z - z.max())
+        return int(self._rng.choice(len(p), p=p / p.sum()))
