@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import ScriptedRouter, dead_url, fake_process, fakes, proxy_at, proxy_over
 
@@ -216,6 +219,57 @@ async def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event() -
             async with http.get(proxy.url + "/metrics") as r:
                 assert _metric(await r.text(), "rlserve_proxy_errors_total", kind="upstream_midstream") == 1
             assert proxy.books[0].gate.in_flight == 0 and not proxy.books[0].outstanding
+
+
+@contextlib.asynccontextmanager
+async def _stream_held_open_after_done(release: asyncio.Event, after_done: bytes) -> AsyncIterator[str]:
+    """A replica whose stream sends one event and ``[DONE]``, then keeps its body open until ``release`` is set
+    and sends ``after_done`` before ending it (a real vLLM ends its body right after [DONE]; this one stalls)."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"text":"a","finish_reason":"length"}],'
+                         b'"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+        await release.wait()
+        await resp.write(after_done)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_a_stream_ends_for_the_client_at_done_without_waiting_for_the_replica(caplog) -> None:
+    release = asyncio.Event()
+    async with _stream_held_open_after_done(release, b"data: late\n\n") as url, \
+            proxy_at([url], metrics_interval_s=0) as proxy, aiohttp.ClientSession() as http:
+        async with http.post(proxy.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1,
+                                                                     "stream": True}) as r:
+            body = await asyncio.wait_for(r.read(), 10)  # the replica's body is still open: a hang fails here
+        assert _events(body)[-1] == "[DONE]" and b"late" not in body
+        book = proxy.books[0]
+        assert book.completed_total == 1 and book.generated_tokens_total == 1
+        assert book.gate.in_flight == 1  # the proxy still reads the replica's body to its end (connection reuse)
+        release.set()
+        for _ in range(250):
+            if not book.gate.in_flight:
+                break
+            await asyncio.sleep(0.02)
+        assert book.gate.in_flight == 0 and book.healthy
+        assert "sent 12 bytes after data: [DONE]; not forwarded" in caplog.text
 
 
 async def test_a_non_streamed_request_whose_replica_dies_is_answered_by_another() -> None:

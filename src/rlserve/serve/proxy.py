@@ -61,6 +61,7 @@ _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "cont
                           "proxy-authenticate", "trailer", "upgrade"})
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 _MAX_BODY_BYTES = 64 * 2**20
+_SSE_DONE = b"data: [DONE]\n\n"  # the last event of an OpenAI-style stream
 _T = TypeVar("_T")
 
 
@@ -373,6 +374,7 @@ class RouterProxy:
         response = web.StreamResponse(status=upstream.status, headers=out_headers)
         await response.prepare(request)
         before_last = last = b""  # the final events (finish reason, usage, [DONE]) are in the last two chunks
+        done = False
         while chunk:
             try:
                 # Tokens that arrived while we were busy go out in one write (one syscall) rather than one each;
@@ -382,19 +384,29 @@ class RouterProxy:
                 await self._end_broken_stream(response, book, exc)
                 return response
             book.tokens(tracked, chunk.count(b"data: {"))
+            before_last, last = last, chunk
+            if chunk.endswith(_SSE_DONE):  # an OpenAI stream's last event: sent below, with the end of our body
+                done = True
+                break
             try:
                 await response.write(chunk)
             except ConnectionResetError:  # the client went away; leaving closes the upstream connection
                 self.metrics.count_error("client_disconnected")
                 return response
-            before_last, last = last, chunk
             try:
                 chunk = await content.readany()
             except _TRANSPORT_ERRORS as exc:
                 await self._end_broken_stream(response, book, exc)
                 return response
-        await response.write_eof()
+        try:
+            # [DONE] and the chunked-body terminator in one write, without waiting for the replica to end its body
+            await response.write_eof(last if done else b"")
+        except ConnectionResetError:
+            self.metrics.count_error("client_disconnected")
+            return response
         book.complete(rid, tracked, self.now_s(), _final_stream_tokens(before_last + last, tracked))
+        if done:
+            await _read_to_end(content, book)
         return response
 
     async def _end_broken_stream(self, response: web.StreamResponse, book: ReplicaBook, exc: BaseException) -> None:
@@ -478,6 +490,21 @@ class RouterProxy:
         except ProxyError as exc:
             return self._error_response(exc)
         return web.json_response({"replica": index, "cap": body["cap"]})
+
+
+async def _read_to_end(content: aiohttp.StreamReader, book: ReplicaBook) -> None:
+    """Read a replica's streamed body after its ``data: [DONE]`` to the end, so that its connection is reused.
+
+    Nothing follows ``[DONE]`` in an OpenAI stream and the client's response is already complete: bytes that do
+    follow are logged and dropped, and a connection that breaks here is only closed (the probes judge health).
+    """
+    extra = 0
+    with contextlib.suppress(*_TRANSPORT_ERRORS):
+        while data := await content.readany():
+            extra += len(data)
+    if extra:
+        log.warning("replica %d (%s) sent %d bytes after data: [DONE]; not forwarded", book.index, book.spec.url,
+                    extra)
 
 
 def _completion_tokens(data: bytes) -> int | None:

@@ -32,10 +32,11 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def single_threaded_torch() -> None:
-    """One intra-op thread for a torch policy (the PPO router), if torch is loaded at all.
+    """One intra-op thread for a policy that runs torch per decision, if torch is loaded at all.
 
     The proxy decides one request at a time on one thread; splitting a batch-of-one forward pass over every core
-    only adds synchronisation (measured: ~3.5x slower on 2 cores, docs/serve.md).
+    only adds synchronisation (measured: ~3.5x slower on 2 cores, docs/serve.md). The shipped PPO router no longer
+    runs torch per decision (it uses a numpy copy of its actor), but a custom router might.
     """
     torch = sys.modules.get("torch")
     if torch is not None:
