@@ -196,7 +196,9 @@ class WarmStartConfig:
     teacher: list[str] = field(default_factory=lambda: ["least_expected_latency", "least_outstanding",
                                                         "join_shortest_queue", "least_kv", "power_of_two"])
     """Candidate teachers. Each episode is labelled by the first one unless another serves that episode's workload
-    better (in hindsight, mean E2E + mean TTFT) by more than ``teacher_margin``. One name = always that router."""
+    better (in hindsight, mean E2E + mean TTFT) by more than ``teacher_margin``. One name = always that router.
+    Besides router names, ``lookahead`` is the clairvoyant planner of ``rlserve.sim.lookahead`` (it sees true output
+    lengths, so it can teach in simulation but never route for real; docs/ppo_router.md has its results)."""
     teacher_margin: float = 0.0
     """Relative cost advantage another candidate needs to replace the first teacher for an episode (0 = plain
     hindsight best). A 5% margin (fewer teacher switches on near-ties) scored worse in our validation runs."""
