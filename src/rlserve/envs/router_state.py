@@ -21,7 +21,9 @@ import functools
 import math
 from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 from math import log1p
+from operator import mul, sub
 
 import numpy as np
 
@@ -52,15 +54,19 @@ def _centred_indices(n: int) -> tuple[tuple[float, ...], float]:
 
 
 def _slope_var(values: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope per sample and population variance of a short series (plain Python: n <= ~10)."""
+    """Least-squares slope per sample and population variance of a short series (plain Python: n <= ~10).
+
+    ``map`` over builtins runs the per-element loops in C; the operations and their order are those of the plain
+    formulas (``(v - mean) ** 2``, left-to-right sums), so the results are the same to the bit.
+    """
     n = len(values)
     mean = sum(values) / n
-    dev = [v - mean for v in values]
-    var = sum([d**2 for d in dev]) / n
+    dev = list(map(sub, values, repeat(mean, n)))
+    var = sum(map(pow, dev, repeat(2, n))) / n
     if n < 2:
         return 0.0, var
     offsets, den = _centred_indices(n)
-    return sum([o * d for o, d in zip(offsets, dev, strict=True)]) / den, var
+    return sum(map(mul, offsets, dev)) / den, var
 
 
 class StateBuilder:
