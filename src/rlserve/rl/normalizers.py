@@ -39,6 +39,7 @@ class RunningNormalizer:
         self.mean = np.zeros(self.shape, np.float64)
         self.m2 = np.zeros(self.shape, np.float64)  # sum of squared deviations from the mean
         self.frozen = False
+        self._scale: np.ndarray | None = None  # sqrt(var + eps), cached between updates (one per routing decision)
 
     @property
     def var(self) -> np.ndarray:
@@ -61,10 +62,13 @@ class RunningNormalizer:
         self.mean = self.mean + delta * (n / total)
         self.m2 = self.m2 + b_m2 + delta**2 * (self.count * n / total)
         self.count = total
+        self._scale = None
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Standardise and clip ``x`` (any leading batch shape); float32, ready for torch."""
-        z = (np.asarray(x, dtype=np.float64) - self.mean) / np.sqrt(self.var + self.eps)
+        if self._scale is None:
+            self._scale = np.sqrt(self.var + self.eps)
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self._scale
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
@@ -86,6 +90,7 @@ class RunningNormalizer:
         self.mean = np.asarray(state["mean"], np.float64).reshape(self.shape)
         self.m2 = np.asarray(state["m2"], np.float64).reshape(self.shape)
         self.frozen = bool(state["frozen"])
+        self._scale = None
 
 
 class ReturnScaler:
