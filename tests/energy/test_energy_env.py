@@ -96,3 +96,15 @@ def test_config_from_dict_rejects_typos() -> None:
         EnergyEnvConfig.from_dict({"state": {"extra": True}})
     cfg = EnergyEnvConfig.from_dict({"scenarios": "energy_bursty", "caps": [8, 16], "state": {"extras": False}})
     assert cfg.scenarios == ("energy_bursty",) and cfg.state.dim == 10
+
+
+def test_history_observation_at_half_second_decisions_passes_the_checker(small_scenario: Path) -> None:
+    from rlserve.policies.energy.state import EnergyStateConfig
+
+    env = make_env(small_scenario, interval_s=0.5, state=EnergyStateConfig(history=True))
+    check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (24,)
+    obs, _ = env.reset(seed=3)
+    for _ in range(40):
+        obs, *_ = env.step(env.action_space.n - 1)
+        assert env.observation_space.contains(obs)

@@ -63,3 +63,28 @@ def test_real_world_fallbacks_without_counters() -> None:
     np.testing.assert_allclose(x[:5], [0.25, 0.4, 0.9, 0.5, 0.3])
     b.reset()
     assert b.last_stats is None
+
+
+def test_history_features_smooth_the_load_and_track_pressure() -> None:
+    cfg = EnergyStateConfig(history=True)
+    b = EnergyStateBuilder(cfg, SLO, SPACE)
+    h = cfg.history_offset
+    assert cfg.dim == 24 and h == 16
+    first = b.build(snap(0.0, replica()), 0)
+    np.testing.assert_allclose(first[h:], [0, 0, 0, 0, 1.0, 1.0, 0, 0])  # full slack: nothing ran yet
+    # one second with 10 arrivals: the short average (tau 10 s) moves 1 - e^-0.1 of the way, the long one less
+    queued = QueuedRequestView(1.5, 5000, 0, 5000, 50, 0)  # waited 1.5 s > half the 2 s TTFT SLO
+    r = replica(num_waiting=4, pending_prefill_tokens=5000, queue=(queued,))
+    x = b.build(snap(1.0, r, arrivals=10), 0)
+    short, long = 1 - np.exp(-0.1), 1 - np.exp(-1 / 60)
+    assert x[h] == pytest.approx(10 * short / 20, rel=1e-5)
+    assert x[h + 1] == pytest.approx(10 * long / 20, rel=1e-5)
+    assert x[h + 3] == pytest.approx((4 - 4 * short) / 50, rel=1e-5)  # queue above its average: growing
+    assert x[h + 6] == pytest.approx(5000 / 10_000 / 2.0)  # 0.5 s of prefill work = a quarter of the TTFT budget
+    assert x[h + 7] == 0.0  # under pressure now
+    # 30 calm seconds later: time since pressure 30 / 60, the averages decay toward the new (zero) rate
+    y = b.build(snap(31.0, replica(), arrivals=10), 0)
+    assert y[h + 7] == pytest.approx(0.5)
+    assert y[h] < x[h] and y[h + 3] < 0  # the queue shrank below its average
+    b.reset()
+    np.testing.assert_allclose(b.build(snap(40.0, replica()), 0)[h:], first[h:])  # a new run starts afresh

@@ -247,6 +247,10 @@ def observation_bounds(cfg: EnergyStateConfig, max_power_w: float) -> tuple[np.n
     if cfg.extras:
         low[10:12] = -1.0  # TTFT and TPOT slack
         high[12] = 2.0  # oldest wait / TTFT SLO
+    if cfg.history:
+        h = cfg.history_offset
+        low[h + 3] = low[h + 4] = low[h + 5] = -1.0  # queue growth, TTFT and TPOT slack averages
+        high[h + 6] = 2.0  # prefill backlog / TTFT SLO
     if cfg.block_size_feature:
         high[cfg.dim - 1 - 2 * cfg.kv_block_features] = 1024 / 64  # vLLM's largest block size / 64
     return low, high

@@ -31,13 +31,33 @@ extras  (``extras=True``)
 15      arrival rate                 arrivals / dt / ``request_rate_scale``, clipped
 ------  ---------------------------  -------------------------------------------------------------------
 opt.    ``block_size_feature``       block size / 64 (the seed's conditional-controller scheme)
+------  ---------------------------  -------------------------------------------------------------------
+history (``history=True``): smoothed and trend features, so a policy deciding every second need not
+        read the load from one noisy interval (a Poisson second at 10 req/s varies by +-30%)
++0      arrival rate, short          exponential moving average (time constant 10 s) of arrivals / s /
+                                     ``request_rate_scale``, clipped to 1
++1      arrival rate, long           the same with a 60 s time constant: the load level
++2      token throughput, short      10 s average of generated tokens / s / ``token_rate_scale``
++3      queue growth                 (waiting now - its 10 s average) / 50, clipped to [-1, 1]
++4      TTFT slack, short            10 s average of the TTFT slack feature
++5      TPOT slack, short            10 s average of the TPOT slack feature (0 without extras)
++6      prefill backlog              pending prefill tokens / (prefill tokens / s x SLO TTFT), [0, 2]:
+                                     the part of the TTFT budget the queued prompts already use
++7      time since pressure          seconds since the oldest request waited > half the TTFT SLO, / 60 s,
+                                     clipped to 1 (1 = calm for a minute)
+------  ---------------------------  -------------------------------------------------------------------
+opt.    ``block_size_feature``       block size / 64 (the seed's conditional-controller scheme)
 opt.    ``kv_block_features``        used and free block fractions (the seed's scheme B, prefix caching off)
 ======  ===========================  ===================================================================
+
+The history features come before the optional block features; they use only what a real server's snapshot
+has (queued prompt lengths are known at admission; the remaining *output* lengths are not, so they are not used).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -49,6 +69,10 @@ from rlserve.snapshot import ClusterSnapshot, ReplicaState
 
 SEED_DIM = 10
 EXTRA_DIM = 6
+HISTORY_DIM = 8
+SHORT_TAU_S = 10.0  # time constant of the short moving averages: a few request lifetimes
+LONG_TAU_S = 60.0  # time constant of the load level: longer than a burst, shorter than a diurnal segment
+CALM_HORIZON_S = 60.0  # time since pressure saturates here
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class EnergyStateConfig:
     extras: bool = True
     block_size_feature: bool = False
     kv_block_features: bool = False
+    history: bool = False  # smoothed load, queue trend, prefill backlog, time since pressure (see above)
     gpu_memory_util: float = 0.9  # vLLM's gpu_memory_utilization: the memory it claims at start-up
     request_rate_scale: float = 20.0  # req/s that maps to 1.0 (seed)
     token_rate_scale: float = 2000.0  # tok/s that maps to 1.0 (seed)
@@ -71,7 +96,13 @@ class EnergyStateConfig:
     @property
     def dim(self) -> int:
         """Length of the observation vector."""
-        return (SEED_DIM + EXTRA_DIM * self.extras + self.block_size_feature + 2 * self.kv_block_features)
+        return (SEED_DIM + EXTRA_DIM * self.extras + HISTORY_DIM * self.history + self.block_size_feature
+                + 2 * self.kv_block_features)
+
+    @property
+    def history_offset(self) -> int:
+        """Index of the first history feature."""
+        return SEED_DIM + EXTRA_DIM * self.extras
 
     def to_dict(self) -> dict[str, float | bool]:
         """Plain dict for checkpoints and configs."""
@@ -141,6 +172,7 @@ class EnergyStateBuilder:
         self.action_space = action_space
         self._tracker = IntervalTracker()
         self.last_stats: IntervalStats | None = None
+        self._history = _History()
 
     @property
     def dim(self) -> int:
@@ -151,6 +183,7 @@ class EnergyStateBuilder:
         """Forget the previous snapshot (call at the start of every run/episode)."""
         self._tracker.reset()
         self.last_stats = None
+        self._history = _History()
 
     def build(self, snapshot: ClusterSnapshot, replica: int, *, gpu_util: float | None = None,
               cpu_power_w: float | None = None, cpu_util: float | None = None) -> np.ndarray:
@@ -180,12 +213,49 @@ class EnergyStateBuilder:
         ]
         if cfg.extras:
             feats += self._extras(r, stats, rate(stats.arrivals))
+        if cfg.history:
+            feats += self._history_features(snapshot.time_s, r, stats, rate, feats)
         if cfg.block_size_feature:
             feats.append(r.block_size / 64.0)
         if cfg.kv_block_features:
             used = r.kv_usage
             feats += [used, 1.0 - used if r.kv_blocks_total else 0.0]
         return np.asarray(feats, dtype=np.float32)
+
+    def _history_features(self, now_s: float, r: ReplicaState, stats: IntervalStats,
+                          rate: Callable[[float], float], feats: list[float]) -> list[float]:
+        cfg, h, slo = self.config, self._history, self.slo
+        short = 1.0 - math.exp(-stats.dt_s / SHORT_TAU_S)
+        long = 1.0 - math.exp(-stats.dt_s / LONG_TAU_S)
+        ttft_slack, tpot_slack = (feats[10], feats[11]) if cfg.extras else (0.0, 0.0)
+        if not h.started or stats.dt_s <= 0:  # first observation of a run: start at the present
+            h.started = True
+            h.arrivals_short = h.arrivals_long = rate(stats.arrivals)
+            h.tokens_short, h.waiting_short = rate(stats.generated_tokens), float(r.num_waiting)
+            h.ttft_slack_short, h.tpot_slack_short = ttft_slack, tpot_slack
+            h.pressure_s = now_s
+        else:
+            h.arrivals_short += short * (rate(stats.arrivals) - h.arrivals_short)
+            h.arrivals_long += long * (rate(stats.arrivals) - h.arrivals_long)
+            h.tokens_short += short * (rate(stats.generated_tokens) - h.tokens_short)
+            h.waiting_short += short * (r.num_waiting - h.waiting_short)
+            h.ttft_slack_short += short * (ttft_slack - h.ttft_slack_short)
+            h.tpot_slack_short += short * (tpot_slack - h.tpot_slack_short)
+        ttft_budget_s = slo.ttft_s or 1.0
+        oldest_age = next((q.age_s for q in r.queue if q.remaining_prefill_tokens > 0), 0.0)
+        if oldest_age > 0.5 * ttft_budget_s:
+            h.pressure_s = now_s
+        backlog_s = r.pending_prefill_tokens / r.prefill_tokens_per_s if r.prefill_tokens_per_s > 0 else 0.0
+        return [
+            min(h.arrivals_short / cfg.request_rate_scale, 1.0),
+            min(h.arrivals_long / cfg.request_rate_scale, 1.0),
+            min(h.tokens_short / cfg.token_rate_scale, 1.0),
+            float(np.clip((r.num_waiting - h.waiting_short) / 50.0, -1, 1)),
+            h.ttft_slack_short,
+            h.tpot_slack_short,
+            float(np.clip(backlog_s / ttft_budget_s, 0, 2)),
+            min((now_s - h.pressure_s) / CALM_HORIZON_S, 1.0),
+        ]
 
     def _extras(self, r: ReplicaState, stats: IntervalStats, arrivals_per_s: float) -> list[float]:
         slo, space = self.slo, self.action_space
@@ -206,3 +276,17 @@ class EnergyStateBuilder:
             min(r.concurrency_cap / space.max_cap, 1.0),
             min(arrivals_per_s / self.config.request_rate_scale, 1.0),
         ]
+
+
+@dataclass
+class _History:
+    """Moving averages behind the history features (set from the first observation of a run)."""
+
+    started: bool = False
+    arrivals_short: float = 0.0
+    arrivals_long: float = 0.0
+    tokens_short: float = 0.0
+    waiting_short: float = 0.0
+    ttft_slack_short: float = 0.0
+    tpot_slack_short: float = 0.0
+    pressure_s: float = 0.0  # last time the oldest request had waited more than half the TTFT SLO
