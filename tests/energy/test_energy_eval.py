@@ -121,12 +121,14 @@ def test_energy_scenarios_are_one_server_with_ttft_and_tpot_slos(name: str) -> N
 def test_shipped_checkpoint_is_the_default_dqn_and_decides(small_scenario: Path) -> None:
     from rlserve.envs.energy_env import build_action_space
     from rlserve.envs.energy_sim import run_controller
-    from rlserve.policies.energy.dqn_controller import SHIPPED_CHECKPOINT
+    from rlserve.policies.energy.dqn_controller import SHIPPED_CHECKPOINT, checkpoint_interval_s
 
     assert SHIPPED_CHECKPOINT.is_file()
     scn = load_scenario(small_scenario)
-    space = build_action_space(scn, load_train_config("energy").env)
-    ctl = make_controller("dqn", control_context(scn, space))
-    run = run_controller(ctl, scn.cluster, scn.build_workload(0), scn.slo)
+    config = load_train_config("energy").env
+    space = build_action_space(scn, config)
+    assert checkpoint_interval_s() == config.interval_s  # the shipped policy is the shipped config's
+    ctl = make_controller("dqn", control_context(scn, space, config.interval_s))
+    run = run_controller(ctl, scn.cluster, scn.build_workload(0), scn.slo, interval_s=config.interval_s)
     assert run.summary.num_finished == 300
     assert set(run.trace.sm_clock_mhz) <= set(space.sm_clocks_mhz) and len(set(run.trace.sm_clock_mhz)) > 1

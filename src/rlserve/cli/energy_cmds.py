@@ -90,7 +90,8 @@ def evaluate_energy_cmd(
     = True,
     grid_seeds: Annotated[int, typer.Option(help="Seeds for the grid search.")] = 2,
     config: ConfigOpt = "energy",
-    interval_s: Annotated[float, typer.Option(help="Control interval in seconds.")] = 1.0,
+    interval_s: Annotated[float | None, typer.Option(help="Control interval in seconds (default: the "
+                                                     "checkpoint's training interval, else 1 s).")] = None,
 ) -> None:
     """DQN vs static max clock, Clipper, EAIS and the best static pair: energy per token, SLO, tail latency."""
     from rlserve.envs.energy_eval import (
@@ -103,6 +104,7 @@ def evaluate_energy_cmd(
     from rlserve.report.run_output import write_json
 
     space = _action_space(checkpoint, config, scenario)
+    interval_s = _interval_s(interval_s, checkpoint)
     names = scenario or ["energy_steady", "energy_diurnal", "energy_bursty"]
     report: dict[str, Any] = {}
     for name in names:
@@ -158,6 +160,17 @@ def _action_space(checkpoint: Path | None, config: str, scenarios: list[str] | N
     return build_action_space(_scenario((scenarios or list(cfg.env.scenarios))[0]), cfg.env)
 
 
+def _interval_s(given: float | None, checkpoint: Path | None) -> float:
+    """The control interval: the one given, else the DQN checkpoint's training interval, else 1 s."""
+    if given is not None:
+        return given
+    if checkpoint is not None:
+        from rlserve.policies.energy.dqn_controller import checkpoint_interval_s
+
+        return checkpoint_interval_s(checkpoint) or 1.0
+    return 1.0
+
+
 def _print_table(title: str, results: dict[str, Any], savings: dict[str, Any]) -> None:
     table = Table(title=title)
     for col in ("controller", "J/token", "saving vs max clock", "SLO %", "TTFT p99 ms", "TPOT p99 ms", "E2E p99 s",
@@ -187,7 +200,8 @@ def run_cmd(
     scenario: Annotated[str, typer.Option(help="Scenario giving the SLO, GPU and model of the server.")]
     = "energy_steady",
     replica: Annotated[int, typer.Option(help="Index of the controlled replica in the proxy.")] = 0,
-    interval_s: Annotated[float, typer.Option(help="Seconds between decisions.")] = 1.0,
+    interval_s: Annotated[float | None, typer.Option(help="Seconds between decisions (default: the DQN "
+                                                     "checkpoint's training interval, else 1 s).")] = None,
     duration_s: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")]
     = None,
     apply_clocks: Annotated[bool, typer.Option("--apply-clocks", help="Really lock SM clocks through NVML "
@@ -208,6 +222,13 @@ def run_cmd(
     ids = [int(g) for g in gpu_ids.split(",") if g.strip()]
     scn = _scenario(scenario)
     space = _action_space(checkpoint, config, [scenario])
+    if checkpoint is None and str(controller).split(":")[0] == "dqn":  # dqn (the shipped one) or dqn:PATH
+        from rlserve.policies.energy.dqn_controller import SHIPPED_CHECKPOINT
+
+        dqn_path: Path | None = Path(str(controller)[4:]) if ":" in str(controller) else SHIPPED_CHECKPOINT
+    else:
+        dqn_path = checkpoint
+    interval_s = _interval_s(interval_s, dqn_path)
     ctx = control_context(scn, space, interval_s)
     ctl = make_controller(f"dqn:{checkpoint}" if checkpoint is not None else str(controller), ctx)
     gpu = make_gpu_monitor(ids, interval_s=min(0.1, interval_s))

@@ -2,7 +2,8 @@
 
 The checkpoint carries what the network was trained with (action space, observation config, layer widths), so
 the deployed controller rebuilds exactly that; the SLO used for the slack features is the deployment's own.
-Inference is greedy (argmax Q): exploration exists only during training.
+Inference is greedy (argmax Q): exploration exists only during training. A decision means "these settings for
+the next interval", so the policy should run at the interval it was trained with (:func:`checkpoint_interval_s`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ CHECKPOINT_KIND = "dqn_energy"
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "energy_dqn_h200_llama3_8b.pt"
 
 
+def checkpoint_interval_s(checkpoint: str | Path = SHIPPED_CHECKPOINT) -> float | None:
+    """The control interval a DQN checkpoint was trained with (None for checkpoints that do not record it)."""
+    interval = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)["metadata"].get("env", {}).get("interval_s")
+    return None if interval is None else float(interval)
+
+
 @register_controller("dqn")
 class DQNController:
     """Greedy policy of a trained dueling Q-network (``dqn:PATH`` in specs; ``dqn`` = the shipped one)."""
@@ -48,6 +55,12 @@ class DQNController:
             warnings.warn(f"checkpoint {checkpoint} was trained on another action space; using the checkpoint's "
                           f"(clocks {self.action_space.min_clock_mhz:g}-{self.action_space.max_clock_mhz:g} MHz)",
                           stacklevel=2)
+        trained = meta.get("env", {}).get("interval_s")
+        self.trained_interval_s = None if trained is None else float(trained)
+        if self.trained_interval_s is not None and abs(self.trained_interval_s - context.interval_s) > 1e-9:
+            warnings.warn(f"checkpoint {checkpoint} was trained to decide every {self.trained_interval_s:g} s, this "
+                          f"run decides every {context.interval_s:g} s: its rates and horizon will be off "
+                          f"(pass --interval-s {self.trained_interval_s:g})", stacklevel=2)
         space = self.action_space
         factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if meta.get("factored_advantage") else None
         self.q = DuelingQNetwork(state_config.dim, space.n_actions, hidden, factors)
