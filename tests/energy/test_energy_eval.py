@@ -132,3 +132,13 @@ def test_shipped_checkpoint_is_the_default_dqn_and_decides(small_scenario: Path)
     run = run_controller(ctl, scn.cluster, scn.build_workload(0), scn.slo, interval_s=config.interval_s)
     assert run.summary.num_finished == 300
     assert set(run.trace.sm_clock_mhz) <= set(space.sm_clocks_mhz) and len(set(run.trace.sm_clock_mhz)) > 1
+
+
+def test_a_checkpoint_run_at_another_interval_warns(small_scenario: Path) -> None:
+    from rlserve.envs.energy_env import build_action_space
+
+    scn = load_scenario(small_scenario)
+    config = load_train_config("energy").env
+    other = 2 * config.interval_s  # its rates and discount horizon would mean something else
+    with pytest.warns(UserWarning, match=f"--interval-s {config.interval_s:g}"):
+        make_controller("dqn", control_context(scn, build_action_space(scn, config), other))
