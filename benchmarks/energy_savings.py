@@ -14,7 +14,7 @@ and ``energy_slo_attainment=<mean DQN attainment over scenarios and seeds>``.
 
     python benchmarks/energy_savings.py                                  # the shipped checkpoint
     python benchmarks/energy_savings.py --checkpoint runs/energy/policy.pt --seeds 5
-    python benchmarks/energy_savings.py --train runs/energy_bench         # train first (~15 min), then evaluate
+    python benchmarks/energy_savings.py --train runs/energy_bench         # train first (~25 min), then evaluate
     python benchmarks/energy_savings.py --quick                           # smoke run (short workloads)
 """
 
