@@ -7,6 +7,11 @@ random) cost nothing; the proxy builds them eagerly from its bookkeeping plus vL
 Units are in the field names. Counters (``*_total``) are cumulative since the replica started; rates are left
 to the consumer (the state builders difference consecutive snapshots), so the same snapshot is valid in both
 worlds without either having to agree on a rate window.
+
+Treat snapshots as read-only. The state dataclasses are not ``frozen`` on purpose: a frozen dataclass's
+``__init__`` assigns each field through ``object.__setattr__``, 4.1 us for ``ReplicaState``'s 25 fields against
+1.5 us for a plain slotted one (measured), and the proxy builds one per replica in front of every request it
+routes, inside a 100 us decision budget.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ must both use this value (the first sample initialises the average), or the same
 different observations in the two worlds."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueuedRequestView:
     """One request waiting or running on a replica (the seed's per-request features)."""
 
@@ -33,7 +38,7 @@ class QueuedRequestView:
     priority: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplicaState:
     """The state of one replica at ``ClusterSnapshot.time_s``.
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT, PPORouter
 from rlserve.rl.actor_critic import ActorCritic
-from rlserve.rl.actor_inference import NumpyActor
+from rlserve.rl.actor_inference import CompiledActor
 from rlserve.scenario import load_scenario
 from rlserve.sim import simulate
 
@@ -37,7 +37,7 @@ NETWORKS = [
 @pytest.mark.parametrize("start", ["episode_start", "mid_episode"])
 def test_logits_and_hidden_state_equal_torch(net, start):
     model = _random_model(0, **net)
-    actor = NumpyActor(model)
+    actor = CompiledActor(model)
     rng = np.random.default_rng(1)
     layers = model.gru_layers
     if start == "episode_start":  # torch resets the hidden state where the mask is 0
@@ -61,7 +61,7 @@ def test_logits_and_hidden_state_equal_torch(net, start):
 
 def test_weights_are_copied_once():
     model = _random_model(2)
-    actor = NumpyActor(model)
+    actor = CompiledActor(model)
     obs = np.ones(STATE_DIM, np.float32)
     before, _ = actor.step(obs, actor.initial_state())
     with torch.no_grad():
@@ -74,8 +74,8 @@ def test_weights_are_copied_once():
 def test_a_layer_without_numpy_equivalent_is_an_error_not_skipped():
     model = _random_model(3)
     model.shared_mlp[2] = nn.Tanh()
-    with pytest.raises(ValueError, match="no numpy equivalent for Tanh"):
-        NumpyActor(model)
+    with pytest.raises(ValueError, match="no equivalent for Tanh"):
+        CompiledActor(model)
 
 
 class _TorchPath:

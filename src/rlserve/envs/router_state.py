@@ -17,14 +17,10 @@ grows without bound and says nothing about the present (defect 1's cousin on the
 
 from __future__ import annotations
 
-import functools
 import math
-from collections import deque
-from collections.abc import Sequence
-from itertools import repeat
-from math import log1p
-from operator import mul, sub
+import dataclasses
 
+import numba
 import numpy as np
 
 from rlserve.policies.routers import LeastExpectedLatencyRouter
@@ -42,39 +38,15 @@ GLOBAL_TEMPORAL = 7
 INCOMING_REQUEST = 2
 
 
-def _log1p(x: float) -> float:
-    return log1p(x) if x > 0 else 0.0
-
-
-@functools.cache
-def _centred_indices(n: int) -> tuple[tuple[float, ...], float]:
-    """``i - (n - 1) / 2`` for ``i < n``, and the sum of their squares (the slope's denominator, fixed per n)."""
-    mid = (n - 1) / 2
-    return tuple(i - mid for i in range(n)), sum((i - mid) ** 2 for i in range(n))
-
-
-def _slope_var(values: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope per sample and population variance of a short series (plain Python: n <= ~10).
-
-    ``map`` over builtins runs the per-element loops in C; the operations and their order are those of the plain
-    formulas (``(v - mean) ** 2``, left-to-right sums), so the results are the same to the bit.
-    """
-    n = len(values)
-    mean = sum(values) / n
-    dev = list(map(sub, values, repeat(mean, n)))
-    var = sum(map(pow, dev, repeat(2, n))) / n
-    if n < 2:
-        return 0.0, var
-    offsets, den = _centred_indices(n)
-    return sum(map(mul, offsets, dev)) / den, var
-
-
 class StateBuilder:
     """Builds fixed-length state vectors for a cluster of ``num_replicas`` replicas (see module docstring)."""
 
     def __init__(self, num_replicas: int, cfg: StateConfig | None = None) -> None:
         self.num_replicas = num_replicas
         self.cfg = cfg or StateConfig()
+        self._dimension = self.get_state_dimension()
+        self.reset()
+        self._compile()
         self.reset()
 
     # ------------------------------------------------------------------ layout
@@ -120,141 +92,231 @@ class StateBuilder:
     def reset(self) -> None:
         """Forget the history (start of a run)."""
         n, w = self.num_replicas, self.cfg.state_history_window
-        self._load_hist: list[deque[float]] = [deque(maxlen=w) for _ in range(n)]
-        self._prev_outstanding = [0.0] * n
-        self._prev_blocks = [0.0] * n
-        self._load_ema = [0.0] * n
-        self._peak_time = [0.0] * n
-        self._preempt_hist: list[deque[int]] = [deque(maxlen=w) for _ in range(n)]
-        self._arrivals: deque[float] = deque(maxlen=self.cfg.qps_window + 1)
-        self._qps_hist: deque[float] = deque(maxlen=w)
-        self._qps_ema = 0.0
-        self._prev_waiting = 0.0
-        self._completions: deque[tuple[float, int]] = deque(maxlen=w + 1)
-        self._throughput_ema = 0.0
-        self._started = False
+        self._replica_hist = np.zeros((n, _REPLICA_HISTORIES, w))
+        self._replica_prev = np.zeros((n, _REPLICA_PREVIOUS))
+        self._arrivals = np.zeros(self.cfg.qps_window + 1)
+        self._qps_hist = np.zeros(w)
+        self._completion_times = np.zeros(w + 1)  # with the cluster's completed-request count at each time
+        self._completion_counts = np.zeros(w + 1)
+        self._memory = np.zeros(_MEMORY)  # lengths of the histories above, running averages, flags
 
     # ------------------------------------------------------------------ building
-    # Speed: this runs once per routing decision, in front of every request the proxy forwards, so it is written
-    # for CPython rather than for brevity: list comprehensions instead of generators, ``log1p(x) if x > 0 else 0.0``
-    # inline instead of a call per feature, each attribute read once. numpy would not help at a few replicas (its
-    # per-call overhead exceeds the work) and its SIMD log1p may differ from libm's in the last bit; a checkpoint
-    # must see the observations it was trained on bit for bit (tests/policies/test_router_state_recorded.py).
+    # Speed: this runs once per routing decision, in front of every request the proxy forwards. The arithmetic is
+    # one compiled call (``_features``); Python only copies the snapshot's fields into an array, because numba
+    # cannot read Python objects. The operations and their order are those of plain Python formulas (left-to-right
+    # sums, libm's log1p), so a checkpoint sees the observations it was trained on bit for bit
+    # (tests/policies/test_router_state_recorded.py: digests recorded from the pure-Python builder).
     def build(self, snapshot: ClusterSnapshot, request: Request | None) -> np.ndarray:
         """The state vector at ``snapshot.time_s`` for routing ``request`` (``None`` = no request: zeros).
 
         Call once per routing decision, in time order: the temporal features difference consecutive calls.
         """
         c = self.cfg
-        now = snapshot.time_s
         reps = snapshot.replicas
         if len(reps) != self.num_replicas:
             raise ValueError(f"snapshot has {len(reps)} replicas, the state builder was made for {self.num_replicas}")
-        if request is not None:
-            self._arrivals.append(request.arrival_s)
-        out: list[float] = []
-        outstanding = [float(r.outstanding) for r in reps]
-        if c.include_capability:
-            max_decode = max([r.decode_tokens_per_s for r in reps]) or 1.0
-            max_prefill = max([r.prefill_tokens_per_s for r in reps]) or 1.0
-            max_kv = max([r.kv_capacity_tokens for r in reps]) or 1
-        if c.include_work:
+        if c.include_work and request is not None:
             estimate = LeastExpectedLatencyRouter.estimate_s
-            expected = [estimate(r, request) for r in reps] if request is not None else [0.0] * len(reps)
-            best = min(expected)
-        for i, r in enumerate(reps):
-            self._replica_features(out, i, r, now)
-            if c.include_capability:
-                out += [r.decode_tokens_per_s / max_decode, r.prefill_tokens_per_s / max_prefill,
-                        r.kv_capacity_tokens / max_kv]
-            if c.include_work:
-                self._work_features(out, r, request, expected[i], best)
-            if c.max_queue_requests_per_replica:
-                self._queue_features(out, r)
-        self._global_features(out, reps, outstanding, now)
-        if c.include_request:
-            out += [_log1p(request.prompt_tokens), _log1p(request.output_tokens)] if request is not None else [0.0, 0.0]
-        self._prev_outstanding = outstanding
-        self._prev_blocks = [float(r.kv_blocks_used) for r in reps]
-        self._started = True
-        return np.asarray(out, np.float64)
+            expected = [estimate(r, request) for r in reps]
+        else:
+            expected = [0.0] * len(reps)
+        fields = np.array([(r.num_waiting, r.num_running, r.kv_blocks_used, r.kv_blocks_total, r.concurrency_cap,
+                            r.num_preemptions_total, r.block_size, r.num_stages, r.decode_tokens_per_s,
+                            r.prefill_tokens_per_s, r.kv_capacity_tokens, r.pending_prefill_tokens,
+                            r.pending_decode_tokens, r.completed_total, r.recent_e2e_s, latency_s, len(r.queue))
+                           for r, latency_s in zip(reps, expected, strict=True)], np.float64)
+        k = c.max_queue_requests_per_replica
+        queue = np.zeros((len(reps), k, _QUEUE_FIELDS))
+        if k:
+            for i, r in enumerate(reps):
+                for j, q in enumerate(r.queue[:k]):
+                    queue[i, j] = (q.age_s, q.prompt_tokens, q.processed_tokens, q.remaining_prefill_tokens,
+                                   q.output_tokens, q.generated_tokens, q.priority)
+        # scalars converted explicitly: numba compiles one version per argument type (an int time would recompile)
+        arrival_s, prompt, output = (float(request.arrival_s), int(request.prompt_tokens), int(request.output_tokens)) \
+            if request is not None else (0.0, 0, 0)
+        return _features(fields, queue, float(snapshot.time_s), request is not None, arrival_s, prompt, output,
+                         c.enable_enhanced_features, c.include_capability, c.include_work, c.include_request,
+                         float(c.ema_alpha), self._replica_hist, self._replica_prev, self._arrivals, self._qps_hist,
+                         self._completion_times, self._completion_counts, self._memory, self._dimension)
 
-    def _replica_features(self, out: list[float], i: int, r: ReplicaState, now: float) -> None:
-        hist = self._preempt_hist[i]
-        hist.append(r.num_preemptions_total)
-        outstanding, used, total, usage = r.outstanding, r.kv_blocks_used, r.kv_blocks_total, r.kv_usage
-        waiting, blocks_used, blocks_total, running, load_now, cap = [
-            log1p(x) if x > 0 else 0.0
-            for x in (r.num_waiting, used, total, r.num_running, outstanding, r.concurrency_cap)]
-        out += [waiting, blocks_used, blocks_total, usage, 1.0 - usage, running, float(hist[-1] - hist[0]), load_now,
-                cap, float(r.block_size), float(r.num_stages)]
-        if not self.cfg.enable_enhanced_features:
-            return
-        load = float(outstanding)
-        a = self.cfg.ema_alpha
-        ema = self._load_ema[i] = load if not self._started else a * load + (1 - a) * self._load_ema[i]
-        lh = self._load_hist[i]
-        lh.append(load)
-        peak, low = max(lh), min(lh)
-        if load >= peak:
-            self._peak_time[i] = now
-        prev_out = self._prev_outstanding[i] if self._started else load
-        prev_blocks = self._prev_blocks[i] if self._started else used
-        trend, var = _slope_var(lh)
-        log_ema, log_peak, log_low = [log1p(x) if x > 0 else 0.0 for x in (ema, peak, low)]
-        out += [load - prev_out, (used - prev_blocks) / max(total, 1), log_ema, trend, var, log_peak, log_low,
-                now - self._peak_time[i]]
+    def _compile(self) -> None:
+        """Run the kernel once on a blank cluster: numba compiles on the first call (seconds when its disk cache is
+        cold), which must not be the first routing decision. Leaves the history to :meth:`reset`."""
+        required = [f.name for f in dataclasses.fields(ReplicaState) if f.default is dataclasses.MISSING]
+        blank = ReplicaState(**dict.fromkeys(required, 1))  # 1, not 0: speeds divide
+        self.build(ClusterSnapshot(0.0, self.num_replicas, (blank,) * self.num_replicas), Request(0, 0.0, 1, 1))
 
-    @staticmethod
-    def _work_features(out: list[float], r: ReplicaState, request: Request | None, latency_s: float,
-                       best_s: float) -> None:
-        """Seconds of queued prefill (incl. this prompt), of queued decode per batch slot, of this request's
-        decode alone, the least-expected-latency router's estimate, and that estimate's gap to the best replica."""
-        prompt = request.prompt_tokens if request is not None else 0
-        output = request.output_tokens if request is not None else 0
-        decode_speed = r.decode_tokens_per_s
-        out += [log1p(x) if x > 0 else 0.0 for x in (
-            (r.pending_prefill_tokens + prompt) / r.prefill_tokens_per_s,
-            r.pending_decode_tokens / (decode_speed * (r.outstanding + 1)),
-            output / decode_speed,
-            latency_s,
-            latency_s - best_s,
-        )]
 
-    def _queue_features(self, out: list[float], r: ReplicaState) -> None:
-        k = self.cfg.max_queue_requests_per_replica
-        queue = r.queue[:k]
-        for q in queue:
-            age, prompt, processed, remaining, output = [
-                log1p(x) if x > 0 else 0.0
-                for x in (q.age_s, q.prompt_tokens, q.processed_tokens, q.remaining_prefill_tokens, q.output_tokens)]
-            out += [age, prompt, processed, remaining, q.generated_tokens / max(q.output_tokens, 1), output,
-                    float(q.priority)]
-        out += [0.0] * (REQUEST_FEATURES * (k - len(queue)))
+# Columns of the per-replica field array (build) and the history arrays (reset), shared with the kernel.
+(_WAITING, _RUNNING, _BLOCKS_USED, _BLOCKS_TOTAL, _CAP, _PREEMPTIONS, _BLOCK_SIZE, _STAGES, _DECODE_SPEED,
+ _PREFILL_SPEED, _KV_CAPACITY, _PENDING_PREFILL, _PENDING_DECODE, _COMPLETED, _RECENT_E2E, _EXPECTED,
+ _QUEUED) = range(17)
+_QUEUE_FIELDS = 7  # age, prompt, processed, remaining prefill, output, generated, priority
+_LOAD_HIST, _PREEMPT_HIST = range(_REPLICA_HISTORIES := 2)
+_PREV_LOAD, _PREV_BLOCKS, _LOAD_EMA, _PEAK_TIME = range(_REPLICA_PREVIOUS := 4)
+# _memory: lengths of the replica histories, arrivals, qps history and completions, then running values
+_N_REPLICA_HIST, _N_ARRIVALS, _N_QPS, _N_COMPLETIONS, _QPS_EMA, _PREV_WAITING, _THROUGHPUT_EMA, _STARTED = range(
+    _MEMORY := 8)
 
-    def _global_features(self, out: list[float], reps: tuple[ReplicaState, ...], outstanding: list[float],
-                         now: float) -> None:
-        waiting = float(sum([r.num_waiting for r in reps]))
-        completed = sum([r.completed_total for r in reps])
-        self._completions.append((now, completed))
-        t0, c0 = self._completions[0]
-        rate = (completed - c0) / (now - t0) if now > t0 else 0.0
-        a = self.cfg.ema_alpha
-        self._throughput_ema = a * rate + (1 - a) * self._throughput_ema
-        latencies = [r.recent_e2e_s for r in reps if r.recent_e2e_s > 0]
-        mean_latency = sum(latencies) / len(latencies) if latencies else 0.0
-        out += [_log1p(waiting), _log1p(self._throughput_ema), _log1p(mean_latency)]
-        if not self.cfg.enable_enhanced_features:
-            return
-        arr = self._arrivals
-        span = arr[-1] - arr[0] if len(arr) > 1 else 0.0
-        qps = (len(arr) - 1) / span if span > 0 else 0.0
-        self._qps_ema = qps if not self._qps_hist else a * qps + (1 - a) * self._qps_ema
-        self._qps_hist.append(qps)
-        qps_trend, qps_var = _slope_var(self._qps_hist)
-        mean_load = sum(outstanding) / len(outstanding)
-        cv = math.sqrt(sum([(x - mean_load) ** 2 for x in outstanding]) / len(outstanding)) / mean_load \
-            if mean_load > 0 else 0.0
-        delta_wait = waiting - self._prev_waiting if self._started else 0.0
-        self._prev_waiting = waiting
-        out += [_log1p(qps), _log1p(self._qps_ema), qps_trend, qps_var, cv, delta_wait, rate]
+
+@numba.njit(cache=True, nogil=True)
+def _log1p(x: float) -> float:
+    return math.log1p(x) if x > 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_or_one(values: np.ndarray) -> float:
+    """The largest value, or 1 if it is 0 (capabilities are relative to the best replica; none measured: 0)."""
+    m = values.max()
+    return m if m != 0 else 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _put(out: np.ndarray, o: int, values: tuple[float, ...]) -> int:
+    """Write ``values`` at ``out[o:]``; the next offset."""
+    for v in values:
+        out[o] = v
+        o += 1
+    return o
+
+
+@numba.njit(cache=True, nogil=True)
+def _push(buf: np.ndarray, length: int, value: float) -> int:
+    """``deque(maxlen=buf.size).append(value)`` on ``buf[:length]`` (oldest first); the new length."""
+    if length < buf.size:
+        buf[length] = value
+        return length + 1
+    buf[:-1] = buf[1:].copy()
+    buf[-1] = value
+    return length
+
+
+@numba.njit(cache=True, nogil=True)
+def _slope_var(values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope per sample and population variance of a short series (sums in index order)."""
+    n = values.size
+    mean = 0.0
+    for v in values:
+        mean += v
+    mean /= n
+    var = 0.0
+    for v in values:
+        var += (v - mean) * (v - mean)
+    var /= n
+    if n < 2:
+        return 0.0, var
+    mid = (n - 1) / 2
+    num = den = 0.0
+    for i in range(n):
+        num += (i - mid) * (values[i] - mean)
+        den += (i - mid) * (i - mid)
+    return num / den, var
+
+
+@numba.njit(cache=True, nogil=True)
+def _features(fields, queue, now, has_request, arrival_s, prompt, output, enhanced, capability, work,  # type: ignore[no-untyped-def]
+              request_features, alpha, replica_hist, replica_prev, arrivals, qps_hist, completion_times, completion_counts, memory,
+              dim):
+    """The state vector (layout: module docstring); updates the history arrays in place."""
+    out = np.empty(dim)
+    o = 0
+    n = fields.shape[0]
+    started = memory[_STARTED] > 0
+    if has_request:
+        memory[_N_ARRIVALS] = _push(arrivals, int(memory[_N_ARRIVALS]), arrival_s)
+    n_hist = int(memory[_N_REPLICA_HIST])
+    new_len = n_hist
+    max_decode = _max_or_one(fields[:, _DECODE_SPEED])
+    max_prefill = _max_or_one(fields[:, _PREFILL_SPEED])
+    max_kv = _max_or_one(fields[:, _KV_CAPACITY])
+    best = fields[:, _EXPECTED].min()
+    for i in range(n):
+        f = fields[i]
+        waiting, running, used, total = f[_WAITING], f[_RUNNING], f[_BLOCKS_USED], f[_BLOCKS_TOTAL]
+        outstanding = waiting + running
+        usage = used / total if total else 0.0
+        preempt = replica_hist[i, _PREEMPT_HIST]
+        new_len = _push(preempt, n_hist, f[_PREEMPTIONS])
+        o = _put(out, o, (_log1p(waiting), _log1p(used), _log1p(total), usage, 1.0 - usage, _log1p(running),
+                         preempt[new_len - 1] - preempt[0], _log1p(outstanding), _log1p(f[_CAP]), f[_BLOCK_SIZE],
+                         f[_STAGES]))
+        if enhanced:
+            prev = replica_prev[i]
+            ema = outstanding if not started else alpha * outstanding + (1 - alpha) * prev[_LOAD_EMA]
+            prev[_LOAD_EMA] = ema
+            lh = replica_hist[i, _LOAD_HIST]
+            _push(lh, n_hist, outstanding)
+            window = lh[:new_len]
+            peak, low = window.max(), window.min()
+            if outstanding >= peak:
+                prev[_PEAK_TIME] = now
+            prev_load = prev[_PREV_LOAD] if started else outstanding
+            prev_blocks = prev[_PREV_BLOCKS] if started else used
+            trend, var = _slope_var(window)
+            o = _put(out, o, (outstanding - prev_load, (used - prev_blocks) / max(total, 1.0), _log1p(ema), trend, var,
+                            _log1p(peak), _log1p(low), now - prev[_PEAK_TIME]))
+        if capability:
+            o = _put(out, o, (f[_DECODE_SPEED] / max_decode, f[_PREFILL_SPEED] / max_prefill, f[_KV_CAPACITY] / max_kv))
+        if work:
+            latency_s = f[_EXPECTED]
+            o = _put(out, o, (_log1p((f[_PENDING_PREFILL] + prompt) / f[_PREFILL_SPEED]),
+                            _log1p(f[_PENDING_DECODE] / (f[_DECODE_SPEED] * (outstanding + 1))),
+                            _log1p(output / f[_DECODE_SPEED]), _log1p(latency_s), _log1p(latency_s - best)))
+        for j in range(queue.shape[1]):
+            if j < f[_QUEUED]:
+                q = queue[i, j]
+                o = _put(out, o, (_log1p(q[0]), _log1p(q[1]), _log1p(q[2]), _log1p(q[3]), q[5] / max(q[4], 1.0),
+                                  _log1p(q[4]), q[6]))
+            else:
+                out[o:o + _QUEUE_FIELDS] = 0.0
+                o += _QUEUE_FIELDS
+    memory[_N_REPLICA_HIST] = new_len
+    # global features
+    waiting = 0.0
+    completed = 0.0
+    latency_sum = 0.0
+    latency_n = 0
+    for i in range(n):
+        waiting += fields[i, _WAITING]
+        completed += fields[i, _COMPLETED]
+        if fields[i, _RECENT_E2E] > 0:
+            latency_sum += fields[i, _RECENT_E2E]
+            latency_n += 1
+    n_done = int(memory[_N_COMPLETIONS])
+    memory[_N_COMPLETIONS] = _push(completion_times, n_done, now)
+    _push(completion_counts, n_done, completed)
+    t0, c0 = completion_times[0], completion_counts[0]
+    rate = (completed - c0) / (now - t0) if now > t0 else 0.0
+    throughput_ema = memory[_THROUGHPUT_EMA] = alpha * rate + (1 - alpha) * memory[_THROUGHPUT_EMA]
+    mean_latency = latency_sum / latency_n if latency_n else 0.0
+    o = _put(out, o, (_log1p(waiting), _log1p(throughput_ema), _log1p(mean_latency)))
+    if enhanced:
+        n_arr = int(memory[_N_ARRIVALS])
+        span = arrivals[n_arr - 1] - arrivals[0] if n_arr > 1 else 0.0
+        qps = (n_arr - 1) / span if span > 0 else 0.0
+        n_qps = int(memory[_N_QPS])
+        qps_ema = memory[_QPS_EMA] = qps if n_qps == 0 else alpha * qps + (1 - alpha) * memory[_QPS_EMA]
+        n_qps = _push(qps_hist, n_qps, qps)
+        memory[_N_QPS] = n_qps
+        qps_trend, qps_var = _slope_var(qps_hist[:n_qps])
+        mean_load = 0.0
+        for i in range(n):
+            mean_load += fields[i, _WAITING] + fields[i, _RUNNING]
+        mean_load /= n
+        cv = 0.0
+        if mean_load > 0:
+            for i in range(n):
+                d = fields[i, _WAITING] + fields[i, _RUNNING] - mean_load
+                cv += d * d
+            cv = math.sqrt(cv / n) / mean_load
+        delta_wait = waiting - memory[_PREV_WAITING] if started else 0.0
+        memory[_PREV_WAITING] = waiting
+        o = _put(out, o, (_log1p(qps), _log1p(qps_ema), qps_trend, qps_var, cv, delta_wait, rate))
+    if request_features:
+        o = _put(out, o, (_log1p(prompt), _log1p(output)) if has_request else (0.0, 0.0))
+    for i in range(n):
+        replica_prev[i, _PREV_LOAD] = fields[i, _WAITING] + fields[i, _RUNNING]
+        replica_prev[i, _PREV_BLOCKS] = fields[i, _BLOCKS_USED]
+    memory[_STARTED] = 1.0
+    return out

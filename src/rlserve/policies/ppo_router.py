@@ -7,10 +7,10 @@ instead, from the router's own seeded generator. No exploration machinery (dynam
 involved. Selected by name through the registry (``rlserve.policies``): ``ppo`` (the shipped 4-replica
 checkpoint) or ``ppo:PATH``.
 
-Decisions run on a numpy copy of the actor (:class:`~rlserve.rl.actor_inference.NumpyActor`), extracted once from
-the checkpoint's torch network, which stays the training model and the reference (``self.model``): eager torch
-spent ~0.3 ms on each one-observation forward pass, mostly dispatch overhead, three times the proxy's 100 us
-decision budget.
+Decisions run on a compiled copy of the actor with the normaliser folded in
+(:class:`~rlserve.rl.actor_inference.CompiledActor`), extracted once from the checkpoint's torch network, which
+stays the training model and the reference (``self.model``): eager torch spent ~0.3 ms on each one-observation
+forward pass, mostly dispatch overhead, three times the proxy's 100 us decision budget.
 
 Layering note: this is the one policy that depends on the learning layers (``rl``, ``envs``): it needs the network
 and the state builder it was trained with. The registry lives here, at the policies layer, so that every world
@@ -27,7 +27,7 @@ import numpy as np
 from rlserve.envs.router_state import StateBuilder
 from rlserve.errors import ConfigError
 from rlserve.rl.actor_critic import ActorCritic
-from rlserve.rl.actor_inference import NumpyActor
+from rlserve.rl.actor_inference import CompiledActor
 from rlserve.rl.checkpoints import load_checkpoint
 from rlserve.rl.config import NetworkConfig, StateConfig, from_dict
 from rlserve.rl.normalizers import RunningNormalizer
@@ -60,11 +60,11 @@ class PPORouter:
                                  proj_dim=net.proj_dim, layer_n=net.layer_n, gru_layers=net.gru_layers,
                                  bounded_logits=net.bounded_logits, logit_scale=net.logit_scale)
         self.model.load_state_dict(data["model"])  # strict: a mismatch raises, never random weights
-        self.model.eval()  # the reference network; decisions run on its numpy copy
-        self.actor = NumpyActor(self.model)
+        self.model.eval()  # the reference network; decisions run on its compiled copy
         self.normalizer = RunningNormalizer(data["obs_dim"])
         self.normalizer.load_state_dict(data["obs_normalizer"])
         self.normalizer.frozen = True
+        self.actor = CompiledActor(self.model, self.normalizer)  # takes raw observations
         if self.state_builder.get_state_dimension() != data["obs_dim"]:
             raise ConfigError(f"checkpoint {path}: state layout gives {self.state_builder.get_state_dimension()} "
                               f"features but the network expects {data['obs_dim']}")
@@ -90,8 +90,7 @@ class PPORouter:
             warnings.warn("the checkpoint uses per-request queue features but the snapshot has no queue views; "
                           f"give the world queue_k={self.queue_k}", stacklevel=2)
             self._warned_queue = True
-        obs = self.normalizer.normalize(self.state_builder.build(snapshot, request))
-        logits, self._hidden = self.actor.step(obs, self._hidden)
+        logits, self._hidden = self.actor.step(self.state_builder.build(snapshot, request), self._hidden)
         if self.temperature is None:
             return int(logits.argmax())
         z = logits.astype(np.float64) / self.temperature

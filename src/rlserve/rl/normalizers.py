@@ -64,11 +64,16 @@ class RunningNormalizer:
         self.count = total
         self._scale = None
 
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Standardise and clip ``x`` (any leading batch shape); float32, ready for torch."""
+    @property
+    def scale(self) -> np.ndarray:
+        """``sqrt(var + eps)``, the divisor of :meth:`normalize` (cached until the next update)."""
         if self._scale is None:
             self._scale = np.sqrt(self.var + self.eps)
-        z = (np.asarray(x, dtype=np.float64) - self.mean) / self._scale
+        return self._scale
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Standardise and clip ``x`` (any leading batch shape); float32, ready for torch."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
