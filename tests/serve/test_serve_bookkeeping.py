@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -83,6 +84,40 @@ def test_engine_metrics_split_in_flight_requests_and_give_kv_blocks() -> None:
                               num_preemptions_total=math.nan)
     s = book.state(0.0)  # a stale scrape cannot claim more waiting requests than are in flight
     assert (s.num_running, s.num_waiting, s.num_preemptions_total) == (0, 6, 0)
+
+
+def test_every_state_field_is_filled_from_its_source() -> None:
+    """ReplicaBook.state builds ReplicaState positionally (for speed): every field checked by name, each source
+    value distinct, so two fields swapped in that call fail here."""
+    book = _book(max_num_seqs=8, block_size=16, kv_blocks_total=1000, decode_tokens_per_s=55.0,
+                 prefill_tokens_per_s=7000.0, sm_clock_mhz=1410.0, num_stages=2)
+    for i in range(11):
+        t = book.add(i, arrival_s=0.5 * i, prompt_tokens=100 + i, output_tokens=20 + i)
+        if i < 3:
+            book.first_token(t, 0.5 * i + 0.25)
+            book.tokens(t, 4)
+    book.complete(0, t_done := book.outstanding[0], 2.0)
+    book.gate.set_cap(12)
+    book.gate.in_flight = 9
+    book.gate._waiters.extend([None, None])  # type: ignore[list-item]  # 2 at the gate, no event loop
+    book.engine = VllmMetrics(kv_cache_usage=0.3, num_requests_running=6, num_requests_waiting=3,
+                              num_preemptions_total=5, num_gpu_blocks=4000, block_size=32)
+    book.healthy = False
+    s = book.state(6.0, queue_k=2)
+    oldest = next(iter(book.outstanding.values()))
+    expected = dict(num_waiting=2 + 3, num_running=9 - 3, kv_blocks_used=300, kv_blocks_total=1000, block_size=16,
+                    max_num_seqs=8, concurrency_cap=12, num_preemptions_total=5,
+                    pending_prefill_tokens=book.pending_prefill_tokens,
+                    pending_decode_tokens=book.pending_decode_tokens, completed_total=1,
+                    generated_tokens_total=book.generated_tokens_total, recent_ttft_s=0.25,
+                    recent_e2e_s=2.0 - t_done.arrival_s, decode_tokens_per_s=55.0, prefill_tokens_per_s=7000.0,
+                    kv_capacity_tokens=16_000, sm_clock_mhz=1410.0, num_stages=2, power_w=None, energy_j=None,
+                    busy_s=None, healthy=False)
+    got = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "queue"}
+    assert got == expected
+    assert len({v for v in expected.values() if isinstance(v, int | float) and not isinstance(v, bool)}) >= 15
+    assert len(s.queue) == 2 and s.queue[0].age_s == 6.0 - oldest.arrival_s
+    assert (s.queue[0].prompt_tokens, s.queue[0].output_tokens) == (oldest.prompt_tokens, oldest.output_tokens)
 
 
 def test_configured_geometry_wins_over_metrics_and_cap_defaults_to_max_num_seqs() -> None:

@@ -110,6 +110,23 @@ class PowerOfTwoRouter(_Seeded):
         return a if la < lb else b
 
 
+BATCH_SLOWDOWN = 32.0
+"""Sequences in a decode batch that double its per-token time (see :class:`LeastExpectedLatencyRouter`)."""
+
+
+def expected_latency_s(pending_prefill_tokens: float, prompt_tokens: float, prefill_tokens_per_s: float,
+                       outstanding: float, output_tokens: float, decode_tokens_per_s: float) -> float:
+    """Seconds a request would take on a replica: its prefill behind the replica's backlog, then its decode in a
+    batch one larger than the replica's outstanding requests.
+
+    Plain arithmetic on numbers: the PPO state builder compiles this same function into its kernel (a feature is
+    this estimate), so the router and the feature cannot drift apart.
+    """
+    prefill_s = (pending_prefill_tokens + prompt_tokens) / prefill_tokens_per_s
+    decode_s = output_tokens * (1 + (outstanding + 1) / BATCH_SLOWDOWN) / decode_tokens_per_s
+    return prefill_s + decode_s
+
+
 @register_router("least_expected_latency")
 class LeastExpectedLatencyRouter(_Seeded):
     """Smallest estimated end-to-end latency of this request, from each replica's backlog and speed.
@@ -122,15 +139,12 @@ class LeastExpectedLatencyRouter(_Seeded):
     """
 
     name = "least_expected_latency"
-    BATCH_SLOWDOWN = 32.0
 
-    @classmethod
-    def estimate_s(cls, r: ReplicaState, request: Request) -> float:
-        """The estimated latency (seconds) of ``request`` on replica ``r`` (also a PPO router state feature)."""
-        prefill_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
-        batch = r.num_running + r.num_waiting + 1
-        decode_s = request.output_tokens * (1 + batch / cls.BATCH_SLOWDOWN) / r.decode_tokens_per_s
-        return prefill_s + decode_s
+    @staticmethod
+    def estimate_s(r: ReplicaState, request: Request) -> float:
+        """The estimated latency (seconds) of ``request`` on replica ``r`` (:func:`expected_latency_s`)."""
+        return expected_latency_s(r.pending_prefill_tokens, request.prompt_tokens, r.prefill_tokens_per_s,
+                                  r.num_waiting + r.num_running, request.output_tokens, r.decode_tokens_per_s)
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
         """Replica with the lowest estimated latency for ``request``."""

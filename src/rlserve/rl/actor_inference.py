@@ -193,10 +193,8 @@ def _run(program, params, mean, scale, clip, obs, hidden):  # type: ignore[no-un
     width = obs.size
     for r in range(program.shape[0]):
         width = max(width, program[r, 2], 3 * program[r, 2] if program[r, 0] == _GRU else 0)
-    x = np.empty(width, np.float32)
-    y = np.empty(width, np.float32)
-    gi = np.empty(width, np.float32)
-    gh = np.empty(width, np.float32)
+    scratch = np.empty((4, width), np.float32)  # one allocation for the four work vectors
+    x, y, gi, gh = scratch[0], scratch[1], scratch[2], scratch[3]
     if mean.size:
         for i in range(obs.size):
             z = (obs[i] - mean[i]) / scale[i]

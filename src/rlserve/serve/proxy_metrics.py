@@ -1,8 +1,9 @@
 """The proxy's own Prometheus ``/metrics``.
 
 Counts and gauges are read from the bookkeeping at scrape time by a custom collector, so the request path pays
-nothing for them (no per-request metric locks or label look-ups). Only the decision-latency histogram is
-observed per request. Each proxy has its own registry, so several proxies can live in one process (tests).
+nothing for them (no per-request metric locks or label look-ups). The decision-latency histogram is the one thing
+recorded per request, into plain counters (:class:`DecisionHistogram`) that the collector renders. Each proxy has
+its own registry, so several proxies can live in one process (tests).
 
 ==========================================  =======  ===============================================================
 metric                                      type     meaning
@@ -25,15 +26,46 @@ metric                                      type     meaning
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from rlserve.serve.bookkeeping import ReplicaBook
 
 DECISION_BUCKETS_S = (2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+
+
+class DecisionHistogram:
+    """Bucket counts and sum of routing-decision times, rendered as a Prometheus histogram at scrape time.
+
+    Why not ``prometheus_client.Histogram``: its ``observe`` takes a lock and walks the buckets in Python, 1.4 us
+    per call (measured), on a path whose budget is 100 us per decision; this one costs 0.25 us. It is observed from
+    the proxy's event-loop thread only, so it needs no lock.
+    """
+
+    __slots__ = ("bounds", "counts", "sum_s")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """One decision took ``seconds``."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # Prometheus buckets are "<= le"
+        self.sum_s += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        """The histogram as Prometheus exposes it (cumulative buckets)."""
+        cumulative, buckets = 0, []
+        for le, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(le), cumulative))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum_s)
 
 
 class ProxyMetrics:
@@ -43,8 +75,7 @@ class ProxyMetrics:
         self._books = books
         self.errors: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.decision_s = Histogram("rlserve_proxy_decision_seconds", "Snapshot build + router decision time.",
-                                    buckets=DECISION_BUCKETS_S, registry=self.registry)
+        self.decision_s = DecisionHistogram(DECISION_BUCKETS_S)
         self.registry.register(self)  # collect() below
 
     def count_error(self, kind: str) -> None:
@@ -79,3 +110,4 @@ class ProxyMetrics:
         for kind, n in sorted(self.errors.items()):
             errors.add_metric([kind], n)
         yield errors
+        yield self.decision_s.family("rlserve_proxy_decision_seconds", "Snapshot build + router decision time.")
