@@ -218,8 +218,6 @@ def main() -> None:
         args.rates, args.duration_s, args.rounds, args.decision_iterations = [50.0, 100.0], 1.0, 1, 2000
 
     print(f"# host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}", flush=True)
-    gc.collect()
-    gc.freeze()  # as run_proxy does before serving: decisions are timed in the same conditions
     heuristics = sorted(name for name in ROUTERS if name != "ppo")
     timers = {(name, n): DecisionTimer(make_router(name, seed=0), n) for n in (2, 8) for name in heuristics}
     ppo_checkpoint = args.ppo_checkpoint or _shipped_ppo_checkpoint()
@@ -227,6 +225,11 @@ def main() -> None:
         ppo = make_router(f"ppo:{ppo_checkpoint}", seed=0)
         single_threaded_torch()  # as run_proxy does
         timers["ppo", int(ppo.num_replicas)] = DecisionTimer(ppo, int(ppo.num_replicas))  # type: ignore[attr-defined]
+    # As run_proxy does once its router is built: decisions are timed in the proxy's conditions, and the load client
+    # below is not stalled by full collections walking what was built (a PPO router's JIT compilation leaves ~90k
+    # objects; a full collection of them takes ~120 ms: it stalled this client on the GPU host when frozen earlier).
+    gc.collect()
+    gc.freeze()
     for _ in range(args.decision_slices):  # interleaved: see DecisionTimer
         for timer in timers.values():
             timer.run(max(args.decision_iterations // args.decision_slices, 100))
