@@ -36,7 +36,7 @@ def single_threaded_torch() -> None:
 
     The proxy decides one request at a time on one thread; splitting a batch-of-one forward pass over every core
     only adds synchronisation (measured: ~3.5x slower on 2 cores, docs/serve.md). The shipped PPO router no longer
-    runs torch per decision (it uses a numpy copy of its actor), but a custom router might.
+    runs torch per decision (it uses a compiled copy of its actor), but a custom router might.
     """
     torch = sys.modules.get("torch")
     if torch is not None:
