@@ -21,6 +21,7 @@ import dataclasses
 import math
 import operator
 from itertools import chain
+from typing import Any
 
 import numba
 import numpy as np
@@ -143,7 +144,8 @@ class StateBuilder:
         """Run the kernel once on a blank cluster: numba compiles on the first call (seconds when its disk cache is
         cold), which must not be the first routing decision. Leaves the history to :meth:`reset`."""
         required = [f.name for f in dataclasses.fields(ReplicaState) if f.default is dataclasses.MISSING]
-        blank = ReplicaState(**dict.fromkeys(required, 1))  # 1, not 0: speeds divide
+        values: dict[str, Any] = dict.fromkeys(required, 1)  # 1, not 0: speeds divide
+        blank = ReplicaState(**values)
         self.build(ClusterSnapshot(0.0, self.num_replicas, (blank,) * self.num_replicas), Request(0, 0.0, 1, 1))
 
 
@@ -222,9 +224,11 @@ def _slope_var(values: np.ndarray) -> tuple[float, float]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _features(fields, queue, queued, now, has_request, arrival_s, prompt, output,  # type: ignore[no-untyped-def]
-              enhanced, capability, work, request_features, alpha, dim,
-              replica_hist, replica_prev, arrivals, qps_hist, completion_times, completion_counts, memory):
+def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: float, has_request: bool,
+              arrival_s: float, prompt: int, output: int, enhanced: bool, capability: bool, work: bool,
+              request_features: bool, alpha: float, dim: int, replica_hist: np.ndarray, replica_prev: np.ndarray,
+              arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray, completion_counts: np.ndarray,
+              memory: np.ndarray) -> np.ndarray:
     """The state vector (layout: module docstring); updates the history arrays in place."""
     out = np.empty(dim)
     o = 0

@@ -197,7 +197,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         """
         if self.sim is None:
             raise RuntimeError("call reset() first")
-        key = (*candidates, margin)
+        key: tuple[str | float, ...] = (*candidates, margin)
         if self._best is None or self._best[0] != key:
             costs = {}
             for name in candidates:

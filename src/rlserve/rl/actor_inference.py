@@ -172,7 +172,7 @@ class _ProgramWriter:
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _affine(params, w, bias, x, n_in, n_out, y):  # type: ignore[no-untyped-def]
+def _affine(params: np.ndarray, w: int, bias: int, x: np.ndarray, n_in: int, n_out: int, y: np.ndarray) -> None:
     """``y = W x + b``, ``W`` row-major at ``params[w:]``; sums may be reordered (vectorised), see module docstring."""
     for i in range(n_out):
         row = params[w + i * n_in: w + (i + 1) * n_in]
@@ -183,12 +183,13 @@ def _affine(params, w, bias, x, n_in, n_out, y):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _sigmoid(x):  # type: ignore[no-untyped-def]
+def _sigmoid(x: np.float32) -> np.float32:
     return np.float32(1.0) / (np.float32(1.0) + math.exp(-x))
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(program, params, mean, scale, clip, obs, hidden):  # type: ignore[no-untyped-def]
+def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float, obs: np.ndarray,
+         hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Logits and next hidden state for one observation (``mean.size == 0``: ``obs`` is already normalised)."""
     width = obs.size
     for r in range(program.shape[0]):
@@ -290,6 +291,8 @@ class CompiledActor:
             prog.row(_TANH, prog.width, prog.put(model.logit_scale))
         self._program = np.array(prog.rows, np.int64).reshape(-1, _ROW)
         self._params = np.concatenate(prog.params)
+        self._mean: np.ndarray
+        self._scale: np.ndarray
         if normalizer is None:
             self._mean = self._scale = np.empty(0)
             self._clip = math.inf
