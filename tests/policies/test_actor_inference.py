@@ -1,4 +1,4 @@
-"""The numpy actor (the PPO router's inference path) against the torch ActorCritic it was extracted from."""
+"""The compiled actor (the PPO router's inference path) against the torch ActorCritic it was extracted from."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ from torch import nn
 from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT, PPORouter
 from rlserve.rl.actor_critic import ActorCritic
 from rlserve.rl.actor_inference import CompiledActor
+from rlserve.rl.normalizers import RunningNormalizer
 from rlserve.scenario import load_scenario
 from rlserve.sim import simulate
 
@@ -71,7 +72,28 @@ def test_weights_are_copied_once():
     np.testing.assert_array_equal(before, after)
 
 
-def test_a_layer_without_numpy_equivalent_is_an_error_not_skipped():
+def test_folded_normaliser_gives_the_bits_of_normalising_first():
+    rng = np.random.default_rng(4)
+    norm = RunningNormalizer(STATE_DIM, clip=3.0)
+    norm.update(rng.normal(5.0, 2.0, (200, STATE_DIM)))
+    norm.frozen = True
+    model = _random_model(4)
+    folded, plain = CompiledActor(model, norm), CompiledActor(model)
+    h_folded = h_plain = folded.initial_state()
+    clipped = 0
+    for _ in range(10):
+        raw = rng.normal(5.0, 8.0, STATE_DIM)  # wide: some features land beyond the clip
+        clipped += int(np.sum(np.abs(norm.normalize(raw)) == 3.0))
+        a, h_folded = folded.step(raw, h_folded)
+        b, h_plain = plain.step(norm.normalize(raw), h_plain)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(h_folded, h_plain)
+    assert clipped > 0
+    with pytest.raises(ValueError, match="normaliser shape"):
+        CompiledActor(model, RunningNormalizer(STATE_DIM + 1))
+
+
+def test_a_layer_without_compiled_equivalent_is_an_error_not_skipped():
     model = _random_model(3)
     model.shared_mlp[2] = nn.Tanh()
     with pytest.raises(ValueError, match="no equivalent for Tanh"):
