@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlserve.cli.app import console, evaluate_app, train_app
-from rlserve.cli.sim_cmds import COLUMNS, HEURISTICS, _fmt, _progress, aggregate, prepare_scenario, run_router
+from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
+from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_router
 from rlserve.metrics import RequestRecords, Summary
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only

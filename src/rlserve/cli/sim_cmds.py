@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,64 +12,16 @@ from rich.table import Table
 
 from rlserve.cli.app import app, console
 from rlserve.errors import ConfigError, RlserveError
-from rlserve.metrics import Summary, mean_ci95
-from rlserve.scenario import Scenario, list_scenarios, load_scenario
-from rlserve.sim import BATCHING_MODES, ClusterSimulator, SimResult
-
-HEURISTICS = ("random", "round_robin", "least_outstanding", "join_shortest_queue", "least_kv", "power_of_two",
-              "least_expected_latency")
-
-# (label, getter) pairs shown in tables; seconds are shown in ms.
-COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("TTFT p50 ms", lambda s: s.ttft_s["p50"] * 1e3),
-    ("TTFT p99 ms", lambda s: s.ttft_s["p99"] * 1e3),
-    ("TPOT p99 ms", lambda s: s.tpot_s["p99"] * 1e3),
-    ("E2E mean s", lambda s: s.e2e_s["mean"]),
-    ("E2E p99 s", lambda s: s.e2e_s["p99"]),
-    ("tok/s", lambda s: s.output_token_throughput_per_s),
-    ("SLO %", lambda s: s.slo_attainment * 100),
-    ("J/tok", lambda s: s.energy_per_token_j),
-    ("preempt", lambda s: s.preemptions_total),
-)
+from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, compare_routers, prepare_scenario, run_router
+from rlserve.metrics import Summary
+from rlserve.scenario import list_scenarios
+from rlserve.sim import BATCHING_MODES
 
 ScenarioOpt = Annotated[str, typer.Option("--scenario", "-s", help=f"Built-in name ({', '.join(list_scenarios())}) "
                                           "or path to a scenario YAML.")]
 NumRequestsOpt = Annotated[int | None, typer.Option(help="Override the scenario's number of requests.")]
 QpsOpt = Annotated[float | None, typer.Option(help="Override the scenario's mean request rate (req/s).")]
 BatchingOpt = Annotated[str | None, typer.Option(help=f"Override every replica's batching mode {BATCHING_MODES}.")]
-
-
-def prepare_scenario(scenario: str, num_requests: int | None = None, qps: float | None = None,
-                     batching: str | None = None) -> Scenario:
-    """Load a scenario and apply the common command-line overrides."""
-    scn = load_scenario(scenario)
-    if num_requests is not None:
-        scn = scn.with_num_requests(num_requests)
-    if qps is not None:
-        scn = scn.with_qps(qps)
-    if batching is not None:
-        scn = dataclasses.replace(scn, cluster=scn.cluster.with_replicas(batching=batching))
-    return scn
-
-
-def run_router(scn: Scenario, router_spec: str, seed: int, progress: Progress | None = None) -> SimResult:
-    """Simulate ``scn`` with seed ``seed`` routed by ``router_spec``; advances ``progress`` per request."""
-    from rlserve.policies import make_router
-
-    router = make_router(router_spec, seed=seed)
-    workload = scn.build_workload(seed)
-    sim = ClusterSimulator(scn.cluster, workload, seed=seed)
-    task = progress.add_task(f"{router_spec} seed {seed}", total=len(workload)) if progress else None
-    chunk = 2000
-    for start in range(0, len(workload), chunk):
-        stop = min(start + chunk, len(workload))
-        until = float(workload.arrival_s[stop]) if stop < len(workload) else None
-        sim.run(router, until_s=until)
-        if progress is not None and task is not None:
-            progress.update(task, completed=stop)
-    if progress is not None and task is not None:
-        progress.remove_task(task)
-    return sim.finish()
 
 
 def _progress() -> Progress:
@@ -125,27 +76,6 @@ def simulate(
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-def compare_routers(scn: Scenario, routers: list[str], seeds: list[int]) -> dict[str, list[Summary]]:
-    """Every router on every seed (same workloads for all routers), with a progress bar."""
-    out: dict[str, list[Summary]] = {r: [] for r in routers}
-    with _progress() as progress:
-        overall = progress.add_task("all runs", total=len(routers) * len(seeds))
-        for seed in seeds:
-            for r in routers:
-                out[r].append(run_router(scn, r, seed, progress).summary(scn.slo))
-                progress.advance(overall)
-    return out
-
-
-def aggregate(summaries: list[Summary]) -> dict[str, dict[str, float]]:
-    """Mean and 95% CI half-width over seeds for every table column."""
-    agg = {}
-    for name, get in COLUMNS:
-        mean, half = mean_ci95([float("nan") if get(s) is None else get(s) for s in summaries])
-        agg[name] = {"mean": mean, "ci95": half}
-    return agg
-
-
 def parse_router_list(routers: str) -> list[str]:
     """``all`` = every heuristic (+ the shipped PPO router if available); else a comma-separated list."""
     if routers == "all":
@@ -180,7 +110,8 @@ def compare(
         raise ConfigError("--seeds must be >= 1")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     names = parse_router_list(routers)
-    results = compare_routers(scn, names, list(range(seeds)))
+    with _progress() as progress:
+        results = compare_routers(scn, names, list(range(seeds)), progress)
     table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds")
     table.add_column("router")
     for name, _ in COLUMNS:
