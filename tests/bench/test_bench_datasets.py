@@ -23,16 +23,19 @@ def test_random_fixed_lengths_and_token_range():
 
 
 def test_random_ranged_lengths_are_seeded():
-    cfg = DatasetConfig(num_prompts=200, random_input_len=100, random_output_len=10, random_range_ratio=0.5)
+    cfg = DatasetConfig(num_prompts=200, random_input_len=100, random_output_len=10, random_range_ratio_input=0.5,
+                        random_range_ratio_output=0.5)
     a, b = sample_dataset(cfg, rng(1)), sample_dataset(cfg, rng(1))
     assert a == b
     p = np.array([r.prompt_tokens for r in a.requests])
     assert p.min() >= 50 and p.max() <= 150 and len(set(p)) > 10
 
 
-def test_shared_prefix_groups_share_their_prefix():
-    cfg = DatasetConfig(name="shared-prefix", num_prompts=50, prefix_len=16, num_prefixes=3, random_input_len=4)
+def test_prefix_repetition_groups_share_their_prefix():
+    cfg = DatasetConfig(name="prefix_repetition", num_prompts=50, prefix_repetition_prefix_len=16,
+                        prefix_repetition_num_prefixes=3, prefix_repetition_suffix_len=4)
     ds = sample_dataset(cfg, rng())
+    assert len(ds.requests) == 48  # 50 // 3 per prefix, as vLLM
     prefixes = {r.prompt[:16] for r in ds.requests}
     assert len(prefixes) == 3
     assert all(r.prompt_tokens == 20 for r in ds.requests)
@@ -71,7 +74,7 @@ def test_bad_inputs():
     with pytest.raises(ConfigError, match="--dataset-path"):
         sample_dataset(DatasetConfig(name="azure"), rng())
     with pytest.raises(ConfigError):
-        DatasetConfig(random_range_ratio=1.5)
+        DatasetConfig(random_range_ratio_input=1.5)
     with pytest.raises(InputError):
         sample_dataset(DatasetConfig(name="sharegpt", path=Path("/nonexistent.json")), rng())
 

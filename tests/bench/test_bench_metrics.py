@@ -28,27 +28,34 @@ def make_run(energy: Measurement | None = None) -> BenchRun:
 def test_latency_metrics_and_throughput():
     m = calculate_metrics(make_run(), percentile_metrics=["ttft", "e2el"], percentiles=[50, 90])
     assert (m.completed, m.failed) == (2, 1)
-    assert m.mean_ttft_ms == pytest.approx(200.0) and m.median_ttft_ms == pytest.approx(200.0)
-    assert m.mean_tpot_ms == pytest.approx(100.0)
-    assert m.mean_itl_ms == pytest.approx(100.0) and m.p99_itl_ms == pytest.approx(100.0)
-    assert m.mean_e2el_ms == pytest.approx(500.0)
-    assert m.duration_s == pytest.approx(1.0)
-    assert m.request_throughput_per_s == pytest.approx(2.0)
-    assert m.output_throughput_tok_per_s == pytest.approx(8.0)
+    lat = m.latency_ms
+    assert lat["mean_ttft_ms"] == pytest.approx(200.0) and lat["median_ttft_ms"] == pytest.approx(200.0)
+    assert lat["mean_tpot_ms"] == pytest.approx(100.0)
+    assert lat["mean_itl_ms"] == pytest.approx(100.0) and lat["p99_itl_ms"] == pytest.approx(100.0)
+    assert lat["mean_e2el_ms"] == pytest.approx(500.0)
+    assert m.duration == pytest.approx(1.0)
+    assert m.request_throughput == pytest.approx(2.0)
+    assert m.output_throughput == pytest.approx(8.0)
     assert m.total_input_tokens == 20 and m.total_output_tokens == 8
     assert m.mean_scheduling_lag_ms == pytest.approx(100.0 / 3)
-    assert set(m.percentiles_ms) == {"ttft", "e2el"} and m.percentiles_ms["ttft"]["p90"] == pytest.approx(280.0)
-    assert m.goodput_per_s is None and m.energy_j is None and m.goodput_per_joule is None
+    # vLLM's flat keys: p<q> only for the selected metrics, p99 for every metric
+    assert lat["p90_ttft_ms"] == pytest.approx(280.0) and "p50_e2el_ms" in lat
+    assert "p90_tpot_ms" not in lat and "p99_tpot_ms" in lat
+    assert m.request_goodput is None and m.energy_j is None and m.goodput_per_joule is None
+    # vLLM's peaks: one-second buckets from the first send; both requests were in flight in second 0, which saw
+    # 5 + 2 tokens (the second request's last token, at t = 1.0 s, opens second 1)
+    assert m.max_concurrent_requests == 2 and m.max_output_tokens_per_s == 7.0
 
 
 def test_goodput_counts_failures_as_misses_and_energy_per_unit():
     meas = Measurement("benchmark", 1.0, gpu_energy_j=80.0, cpu_energy_j=20.0)
     m = calculate_metrics(make_run(meas), slo=Slo(ttft_s=0.2))
     assert m.slo_attainment == pytest.approx(1 / 3)
-    assert m.goodput_per_s == pytest.approx(1.0)
+    assert m.request_goodput == pytest.approx(1.0)
     assert (m.gpu_energy_j, m.cpu_energy_j, m.energy_j) == (80.0, 20.0, 100.0)
     assert m.energy_per_request_j == pytest.approx(50.0)
     assert m.energy_per_output_token_j == pytest.approx(12.5)
+    assert m.energy_per_total_token_j == pytest.approx(100.0 / 28)
     assert m.goodput_per_joule == pytest.approx(0.01)
     d = m.to_dict()
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in d.values())

@@ -37,6 +37,7 @@ class RequestOutput:
     first_token_s: float = math.nan
     finish_s: float = math.nan
     itl_s: list[float] = field(default_factory=list)  # gaps between consecutive content chunks
+    generated_text: str = ""
 
     @property
     def ttft_s(self) -> float:
@@ -86,18 +87,32 @@ class SseParser:
         return events
 
 
-def completions_body(model: str, req: SampleRequest, ignore_eos: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RequestOptions:
+    """What every request of a run carries besides its prompt (``vllm bench serve``'s flags of the same names).
+
+    ``sampling`` holds the sampling parameters given on the command line (``temperature``, ``top_p`` ...);
+    ``extra_body`` is merged last into every body (``--extra-body``), so it can override anything.
+    """
+
+    ignore_eos: bool = True
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+def completions_body(model: str, req: SampleRequest, opts: RequestOptions) -> dict[str, Any]:
     """``/v1/completions`` body: token-id prompts are sent as ids (exact length)."""
     prompt = list(req.prompt) if isinstance(req.prompt, tuple) else req.prompt
-    return {"model": model, "prompt": prompt, "max_tokens": req.output_tokens, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
+    return {"model": model, "prompt": prompt, "max_tokens": req.output_tokens, **opts.sampling,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": opts.ignore_eos,
+            **opts.extra_body}
 
 
-def chat_body(model: str, req: SampleRequest, ignore_eos: bool) -> dict[str, Any]:
+def chat_body(model: str, req: SampleRequest, opts: RequestOptions) -> dict[str, Any]:
     """``/v1/chat/completions`` body: one user message."""
     return {"model": model, "messages": [{"role": "user", "content": prompt_text(req.prompt)}],
-            "max_completion_tokens": req.output_tokens, "temperature": 0.0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
+            "max_completion_tokens": req.output_tokens, **opts.sampling, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": opts.ignore_eos, **opts.extra_body}
 
 
 def _completion_text(choice: dict[str, Any]) -> str:
@@ -114,6 +129,7 @@ async def _stream_request(session: aiohttp.ClientSession, url: str, body: dict[s
     out = RequestOutput(prompt_tokens=planned_prompt)
     usage: dict[str, Any] | None = None
     chunks = 0
+    texts: list[str] = []
     last = math.nan
     done = False
     parser = SseParser()
@@ -137,7 +153,8 @@ async def _stream_request(session: aiohttp.ClientSession, url: str, body: dict[s
                     if payload.get("usage"):
                         usage = payload["usage"]
                     for choice in payload.get("choices") or ():
-                        if text_of(choice):
+                        if text := text_of(choice):
+                            texts.append(text)
                             chunks += 1
                             if math.isnan(out.first_token_s):
                                 out.first_token_s = now
@@ -156,6 +173,7 @@ async def _stream_request(session: aiohttp.ClientSession, url: str, body: dict[s
     if chunks == 0:
         out.error = "no tokens received"
         return out
+    out.generated_text = "".join(texts)
     out.output_tokens = int(usage.get("completion_tokens", chunks)) if usage else chunks
     if usage and usage.get("prompt_tokens"):
         out.prompt_tokens = int(usage["prompt_tokens"])
@@ -164,20 +182,20 @@ async def _stream_request(session: aiohttp.ClientSession, url: str, body: dict[s
 
 
 async def openai_completions(session: aiohttp.ClientSession, base_url: str, model: str, req: SampleRequest,
-                             ignore_eos: bool = True) -> RequestOutput:
+                             opts: RequestOptions = RequestOptions()) -> RequestOutput:
     """Stream one ``/v1/completions`` request."""
-    return await _stream_request(session, f"{base_url}/v1/completions", completions_body(model, req, ignore_eos),
+    return await _stream_request(session, f"{base_url}/v1/completions", completions_body(model, req, opts),
                                  req.prompt_tokens, _completion_text)
 
 
 async def openai_chat(session: aiohttp.ClientSession, base_url: str, model: str, req: SampleRequest,
-                      ignore_eos: bool = True) -> RequestOutput:
+                      opts: RequestOptions = RequestOptions()) -> RequestOutput:
     """Stream one ``/v1/chat/completions`` request."""
-    return await _stream_request(session, f"{base_url}/v1/chat/completions", chat_body(model, req, ignore_eos),
+    return await _stream_request(session, f"{base_url}/v1/chat/completions", chat_body(model, req, opts),
                                  req.prompt_tokens, _chat_text)
 
 
-RequestFunc = Callable[[aiohttp.ClientSession, str, str, SampleRequest, bool], Awaitable[RequestOutput]]
+RequestFunc = Callable[[aiohttp.ClientSession, str, str, SampleRequest, RequestOptions], Awaitable[RequestOutput]]
 
 REQUEST_FUNCS: dict[str, RequestFunc] = {
     "/v1/completions": openai_completions,

@@ -1,9 +1,16 @@
 """The benchmark result file: the seed's telemetry blocks plus metrics, per-request arrays and run metadata.
 
-Top level (JSON object)::
+Top level (JSON object), first what ``vllm bench serve`` writes, with its keys and units, so scripts that read
+vLLM's results read ours::
 
-    schema, schema_version, metadata{...}       what ran, where, with which flags and seed
-    <BenchmarkMetrics fields>                    completed, mean_ttft_ms, ... (flat, as vllm bench writes them)
+    schema, schema_version
+    date, endpoint_type, backend, label, model_id, tokenizer_id, num_prompts, <--metadata KEY=VALUE>,
+    request_rate, burstiness, max_concurrency, [ramp_up_strategy, ramp_up_start_rps, ramp_up_end_rps]
+    <BenchmarkMetrics fields>                    duration, completed, request_throughput, mean_ttft_ms, p99_itl_ms ...
+    latencies, queue_times                       per request (s); with --save-detailed also vLLM's input_lens,
+                                                 output_lens, ttfts, itls, start_times, generated_texts, errors
+    metadata{...}                                ours: host, versions, dataset, seed, argv (credentials masked)
+    energy{...}                                  ours: J per token by source and phase, method and error bounds
     gpu_power_stats{"0": {...}}                  seed schema; null without NVML
     cpu_power_stats{...}                         seed schema; cpu_power_source "rapl" | "unavailable"
     kv_cache_monitoring_stats{avg_stats, detailed_stats{cache_usage, static_config}, trace,
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +40,7 @@ import numpy as np
 from rlserve import __version__
 from rlserve.bench.metrics import BenchmarkMetrics
 from rlserve.bench.runner import BenchRun
-from rlserve.errors import InputError
+from rlserve.errors import ConfigError, InputError
 
 SCHEMA = "rlserve-bench-result"
 SCHEMA_VERSION = 1
@@ -67,9 +76,42 @@ def request_arrays(run: BenchRun) -> dict[str, list[Any]]:
     }
 
 
+VLLM_DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times", "generated_texts", "errors")
+"""Per-request lists vLLM writes only with ``--save-detailed`` (``latencies`` and ``queue_times`` it always writes)."""
+
+
+def vllm_request_lists(run: BenchRun, detailed: bool) -> dict[str, list[Any]]:
+    """vLLM's per-request lists, in its units (seconds; ``start_times`` from the run start, not vLLM's
+    process-local ``perf_counter`` origin); failed requests carry vLLM's zeros."""
+    outs = run.outputs
+    lists: dict[str, list[Any]] = {
+        "latencies": [o.latency_s if o.success else 0.0 for o in outs],
+        "queue_times": [o.send_s - float(s) for o, s in zip(outs, run.scheduled_s, strict=True)],
+    }
+    if detailed:
+        lists.update({
+            "input_lens": [o.prompt_tokens for o in outs],
+            "output_lens": [o.output_tokens for o in outs],
+            "ttfts": [o.ttft_s if o.success else 0.0 for o in outs],
+            "itls": [list(o.itl_s) for o in outs],
+            "start_times": [o.send_s - run.start_s for o in outs],
+            "generated_texts": [o.generated_text for o in outs],
+            "errors": [o.error for o in outs],
+        })
+    return lists
+
+
 def build_result(run: BenchRun, metrics: BenchmarkMetrics, telemetry: dict[str, Any] | None,
-                 metadata: dict[str, Any]) -> dict[str, Any]:
-    """Assemble the result object (``telemetry`` is :meth:`Recorder.result_sections` or ``None``)."""
+                 header: dict[str, Any], metadata: dict[str, Any], *, user_metadata: dict[str, str] | None = None,
+                 energy: dict[str, Any] | None = None, save_detailed: bool = False) -> dict[str, Any]:
+    """Assemble the result object in vLLM's layout, then ours.
+
+    ``header`` is vLLM's run description (``date``, ``backend``, ``model_id``, ``request_rate``...);
+    ``user_metadata`` the ``--metadata KEY=VALUE`` pairs, written at the top level as vLLM does (the measured
+    keys win a clash, as there); ``metadata`` our description of the run (host, versions, dataset, seed, argv);
+    ``telemetry`` is :meth:`Recorder.result_sections` or ``None``; ``energy`` the :mod:`rlserve.bench.energy`
+    report.
+    """
     sections = telemetry or {k: None for k in (*SEED_KEYS, "telemetry")}
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -79,26 +121,89 @@ def build_result(run: BenchRun, metrics: BenchmarkMetrics, telemetry: dict[str, 
         "model": run.model,
         **metadata,
     }
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "metadata": meta, **metrics.to_dict(),
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **header, **(user_metadata or {}),
+            **metrics.to_dict(), **vllm_request_lists(run, save_detailed), "metadata": meta, "energy": energy,
             **sections, "requests": request_arrays(run)}
 
 
-def result_filename(metadata: dict[str, Any]) -> str:
-    """``<model>-<dataset>-<rate>qps-<timestamp>.json`` with path-unsafe characters replaced."""
-    model = str(metadata.get("model", "model")).rstrip("/").split("/")[-1]
-    name = f"{model}-{metadata.get('dataset_name', 'data')}-{metadata.get('request_rate', 'inf')}qps-" \
-           f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+MAX_NAME_PART = 80
+"""Longest model-id part of a generated file name: names must stay under the 255-byte limit of file systems."""
 
 
-def save_result(result: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file + rename); NaN is written as ``null``."""
+def _safe(part: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in part)[:MAX_NAME_PART] or "x"
+
+
+def result_filename(header: dict[str, Any]) -> str:
+    """vLLM's default name, ``<label>-<rate>qps[-concurrency<N>]-<model>-<date>.json`` (ramp-up:
+    ``<label>-ramp-up-<strategy>-<start>qps-<end>qps...``), with path-unsafe characters replaced and each part
+    bounded so a long model name cannot make an unwritable file name."""
+    label = _safe(str(header.get("label") or header.get("backend") or "rlserve"))
+    model = _safe(str(header.get("model_id") or "model").rstrip("/").split("/")[-1])
+    conc = f"-concurrency{header['max_concurrency']}" if header.get("max_concurrency") is not None else ""
+    if header.get("ramp_up_strategy"):
+        rate = (f"ramp-up-{_safe(str(header['ramp_up_strategy']))}-{header['ramp_up_start_rps']:g}qps-"
+                f"{header['ramp_up_end_rps']:g}qps")
+    else:
+        r = header.get("request_rate", "inf")
+        rate = f"{r:g}qps" if isinstance(r, float | int) else f"{_safe(str(r))}qps"
+    date = _safe(str(header.get("date") or time.strftime("%Y%m%d-%H%M%S")))
+    return f"{label}-{rate}{conc}-{model}-{date}.json"
+
+
+def check_output_path(result_dir: Path, filename: str | None) -> Path | None:
+    """Check, before anything is sent, that results can be written: the directory exists or can be made and is
+    writable, and ``filename`` (when given) stays inside it and is not a directory. Returns the resolved path
+    (``None`` when the name is generated after the run). :class:`ConfigError` otherwise."""
+    if result_dir.exists() and not result_dir.is_dir():
+        raise ConfigError(f"--result-dir {result_dir} is a file, not a directory")
+    try:
+        result_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=result_dir, prefix=".rlserve-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--result-dir {result_dir}: cannot write there ({e.strerror})") from None
+    if filename is None:
+        return None
+    root = result_dir.resolve()
+    path = (root / filename).resolve()
+    if root not in path.parents:
+        raise ConfigError(f"--result-filename {filename!r} must name a file inside --result-dir {result_dir}")
+    if path.is_dir():
+        raise ConfigError(f"--result-filename {filename!r}: {path} is a directory")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--result-filename {filename!r}: directory {path.parent} does not exist")
+    if len(path.name.encode()) > 255:
+        raise ConfigError(f"--result-filename is {len(path.name.encode())} bytes long; file names stop at 255")
+    return path
+
+
+def save_result(result: dict[str, Any], path: str | Path, append: bool = False) -> Path:
+    """Write atomically (temp file + rename); NaN is written as ``null``. ``append``: add the result as one more
+    JSON line to what the file holds (vLLM's ``--append-result``), still through a temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))
+    tmp = path.with_name(f".{path.name}.tmp")
+    if append:
+        old = path.read_text() if path.is_file() else ""
+        text = old + ("\n" if old and not old.endswith("\n") else "") + json.dumps(_json_safe(result),
+                                                                                   allow_nan=False) + "\n"
+    else:
+        text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
+    tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def save_result_safely(result: dict[str, Any], path: Path, append: bool = False) -> tuple[Path, str | None]:
+    """:func:`save_result`, and when that fails after a finished run (disk full, the directory removed meanwhile),
+    a fallback file in the system's temp directory, so the numbers are never lost. Returns the path written and
+    the reason the first choice failed (``None`` when it did not)."""
+    try:
+        return save_result(result, path, append), None
+    except OSError as e:
+        fallback = Path(tempfile.gettempdir()) / f"rlserve-bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        return save_result(result, fallback), f"{path}: {e.strerror or e}"
 
 
 def _json_safe(v: Any) -> Any:
@@ -114,10 +219,18 @@ def _json_safe(v: Any) -> Any:
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
-    """Read a result file; :class:`InputError` when it is not JSON or not a benchmark result."""
+    """Read a result file (the last result of an ``--append-result`` file of JSON lines); :class:`InputError`
+    when it is not JSON or not a benchmark result."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            if len(lines) < 2:
+                raise
+            data = json.loads(lines[-1])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read a JSON result ({exc})") from exc
     if not isinstance(data, dict) or not any(k in data for k in SEED_KEYS):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from rlserve.cli import (
+    bench_cmds,  # noqa: F401  (registers bench, bench sweep, bench validate)
     energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
     router_cmds,  # noqa: F401  (registers train/evaluate router)
     serve_cmds,  # noqa: F401  (registers serve)
     sim_cmds,  # noqa: F401  (registers simulate, compare)
-    telemetry_cmds,  # noqa: F401  (registers bench, monitor, state)
+    telemetry_cmds,  # noqa: F401  (registers monitor, state)
 )
 from rlserve.cli.app import app, err_console
 from rlserve.errors import RlserveError
