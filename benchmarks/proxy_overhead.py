@@ -11,7 +11,12 @@ Decision time is measured in this process: a :class:`RouterProxy` (not started) 
 cluster state (outstanding requests, engine metrics), calling :meth:`RouterProxy.decide` (snapshot build + router)
 for every registered router, the PPO router included when it is registered.
 
-Targets (issue 5): added p50 <= 0.5 ms, added p99 <= 2 ms, decision p99 <= 100 us.
+Peer: when ``vllm-router`` (PyPI, Rust) is installed, it runs in front of the same two fake replicas with its
+round_robin policy and takes part in every round as one more mode (``vllm_router``), so its added latency is
+measured in the same run as ours; without it the benchmark prints one line saying so and goes on.
+
+Targets (issue 5): added p50 <= 0.5 ms, added p99 <= 2 ms, decision p99 <= 100 us. Issue 16: our added p50 no
+worse than vllm-router's, added p99 <= 1 ms at every rate.
 The last line printed is ``proxy_added_p99_ms=<worst added p99 over the rates>`` of the proxy as ``rlserve serve``
 runs it by default (uvloop when installed, else asyncio); the other loop's figure is printed just before it.
 
@@ -256,9 +261,13 @@ def main() -> None:
                 f"tuple(ReplicaSpec(u) for u in {fake_urls!r}), router='round_robin', port={url.rsplit(':', 1)[1]})"
                 f", event_loop={loop!r})")
         cmds.append([sys.executable, "-c", code])
+    peer = _vllm_router_cmd(fake_urls)
+    peer_urls = {} if peer is None else {"vllm_router": peer[1]}
+    if peer is not None:
+        cmds.append(peer[0])
     paths = {"direct": [u + "/v1/completions" for u in fake_urls],
-             **{mode: [url + "/v1/completions"] for mode, url in proxy_urls.items()}}
-    with processes(cmds, [*fake_urls, *proxy_urls.values()]):
+             **{mode: [url + "/v1/completions"] for mode, url in {**proxy_urls, **peer_urls}.items()}}
+    with processes(cmds, [*fake_urls, *proxy_urls.values(), *peer_urls.values()]):
         with asyncio.Runner(loop_factory=loop_factory(args.client_loop)) as runner:
             rows = runner.run(load_test(args, paths))
         histograms = {mode: httpx.get(url + "/metrics").text for mode, url in proxy_urls.items()}
@@ -283,7 +292,40 @@ def main() -> None:
     for mode in proxy_urls:
         if mode != default:
             print(f"{mode}_added_p99_ms={max(r[mode + '_added_p99_ms'] for r in rows):.3f}")
+    if peer is not None:
+        print("ours vs vllm-router, added latency (ms) per rate: " + "; ".join(
+            f"{r['rate']:g} req/s p50 {r[default + '_added_p50_ms']:.3f} vs {r['vllm_router_added_p50_ms']:.3f}, "
+            f"p99 {r[default + '_added_p99_ms']:.3f} vs {r['vllm_router_added_p99_ms']:.3f}" for r in rows))
+        print(f"vllm_router_added_p99_ms={max(r['vllm_router_added_p99_ms'] for r in rows):.3f}")
     print(f"proxy_added_p99_ms={max(r[default + '_added_p99_ms'] for r in rows):.3f}")
+
+
+VLLM_ROUTER_LAUNCH = (
+    "import argparse, sys\n"
+    "from vllm_router.router import Router\n"
+    "from vllm_router.router_args import RouterArgs\n"
+    "p = argparse.ArgumentParser()\n"
+    "RouterArgs.add_cli_args(p)\n"
+    "a = RouterArgs.from_cli_args(p.parse_args(sys.argv[1:]))\n"
+    "a._validate_router_args()\n"
+    "Router.from_args(a).start()\n"
+)
+"""Starts vllm-router's Rust server the way its ``vllm-router`` script does, without the script's imports of the
+Python debugging balancer (FastAPI, uvicorn), which the router itself does not need."""
+
+
+def _vllm_router_cmd(replica_urls: list[str]) -> tuple[list[str], str] | None:
+    """The command starting vllm-router (round_robin) in front of ``replica_urls``, and its URL; ``None`` (with a
+    printed line) when it is not installed."""
+    try:
+        import vllm_router_rs  # noqa: F401  (the Rust extension the router runs on)
+    except ImportError:
+        print("vllm-router: not installed (pip install vllm-router): peer not measured", flush=True)
+        return None
+    port = free_port()
+    return ([sys.executable, "-c", VLLM_ROUTER_LAUNCH, "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
+             *replica_urls, "--policy", "round_robin", "--prometheus-port", str(free_port()), "--log-level",
+             "warning"], f"http://127.0.0.1:{port}")
 
 
 def _shipped_ppo_checkpoint() -> Path | None:
