@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +184,8 @@ def peer_comparison(rates: list[float], seconds: float) -> list[dict]:
             tokenizer = make_model(Path(tmp) / "tiny-llama", "tiny", venv=venv)  # vLLM's random dataset needs one
             for i, rate in enumerate(rates):
                 n = max(20, int(rate * seconds))
-                runs = [lambda: ours_at(base_url, rate, n, seed=i),
-                        lambda: vllm_at(venv / "bin" / "vllm", tokenizer, base_url, rate, n, i, Path(tmp))]
+                runs = [partial(ours_at, base_url, rate, n, i),
+                        partial(vllm_at, venv / "bin" / "vllm", tokenizer, base_url, rate, n, i, Path(tmp))]
                 for run in runs if i % 2 == 0 else runs[::-1]:  # alternate who goes first: drift hits both
                     row = run()
                     rows.append(row)
