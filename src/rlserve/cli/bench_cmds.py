@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -62,7 +61,7 @@ def expand_multi_value(args: Sequence[str], flags: Sequence[str] = MULTI_VALUE_F
 class VllmStyleGroup(TyperGroup):
     """The ``bench`` group: multi-value flags expanded before click parses anything."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         """Expand multi-value flags, then parse as usual."""
         if args and args[0] in self.commands:  # a sub-command parses its own arguments
             return super().parse_args(ctx, args)
@@ -399,13 +398,13 @@ def validate(result: Path = typer.Argument(..., help="Result JSON written by rls
     console.print("result looks complete", style="green")
 
 
-def _bench_params(ctx: click.Context, args: list[str]) -> dict[str, Any]:
+def _bench_params(ctx: typer.Context, args: list[str]) -> dict[str, Any]:
     """Parse ``args`` as ``rlserve bench`` options (for ``sweep``), with the bench group's own parser."""
     group = ctx.parent.command if ctx.parent is not None else None
-    assert isinstance(group, click.Group)
+    assert isinstance(group, VllmStyleGroup)
     with group.make_context("bench", list(args), parent=ctx.parent.parent if ctx.parent else None) as sub:
-        if sub.protected_args or sub.args:
-            raise ConfigError(f"unexpected arguments for sweep: {' '.join(sub.protected_args + sub.args)}")
+        if sub.args:
+            raise ConfigError(f"unexpected arguments for sweep: {' '.join(sub.args)}")
         return dict(sub.params)
 
 
