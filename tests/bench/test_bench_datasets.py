@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlserve.bench.datasets import DatasetConfig, prompt_text, sample_dataset
+from rlserve.bench.datasets import DatasetConfig, parse_range_ratio, prompt_text, sample_dataset
 from rlserve.errors import ConfigError, InputError
 
 SPLITWISE = Path("/work/shared/traces/splitwise_conv.csv")
@@ -83,3 +83,123 @@ def test_prompt_text_spells_ids_as_words():
     assert prompt_text("hello") == "hello"
     text = prompt_text((1, 2, 3))
     assert len(text.split()) == 3
+
+
+def test_random_prefix_and_separate_range_ratios():
+    cfg = DatasetConfig(num_prompts=50, random_input_len=20, random_output_len=10, random_prefix_len=5,
+                        random_range_ratio_input=0.5, random_range_ratio_output=0.0)
+    ds = sample_dataset(cfg, rng(2))
+    assert len({r.prompt[:5] for r in ds.requests}) == 1  # one fixed prefix for every request
+    assert {r.output_tokens for r in ds.requests} == {10}
+    assert all(15 <= r.prompt_tokens <= 35 and r.prompt_tokens == len(r.prompt) for r in ds.requests)
+    assert parse_range_ratio("0.25") == (0.25, 0.25)
+    assert parse_range_ratio('{"input": 0.1, "output": 0.3}') == (0.1, 0.3)
+    with pytest.raises(ConfigError):
+        parse_range_ratio('{"inputs": 0.1}')
+
+
+def test_sonnet_shares_its_prefix_and_fills_the_length(tmp_path):
+    poem = tmp_path / "sonnet.txt"
+    poem.write_text("\n".join(f"line number {i} of the poem" for i in range(40)))  # 7 tokens a line (estimate)
+    cfg = DatasetConfig(name="sonnet", path=poem, num_prompts=20, sonnet_input_len=100, sonnet_prefix_len=30,
+                        sonnet_output_len=9)
+    a, b = sample_dataset(cfg, rng(4)), sample_dataset(cfg, rng(4))
+    assert a == b and len(a.requests) == 20
+    heads = {r.prompt.split("\n")[:4] == [f"line number {i} of the poem" for i in range(4)] for r in a.requests}
+    assert heads == {True}
+    # lines are added until their counts reach the input length; the joined text is counted again (newlines merge)
+    assert all(isinstance(r.prompt, str) and 90 <= r.prompt_tokens <= 110 and r.output_tokens == 9
+               for r in a.requests)
+    with pytest.raises(InputError, match="no non-empty lines"):
+        (tmp_path / "empty.txt").write_text("\n\n")
+        sample_dataset(DatasetConfig(name="sonnet", path=tmp_path / "empty.txt"), rng())
+
+
+def test_burstgpt_keeps_gpt4_rows_with_answers(tmp_path):
+    path = tmp_path / "burst.csv"
+    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                    "1,ChatGPT,100,10,110,Conversation log\n"
+                    "2,GPT-4,200,20,220,Conversation log\n"
+                    "3,GPT-4,300,0,300,Conversation log\n"
+                    "4,GPT-4,400,40,440,API log\n")
+    ds = sample_dataset(DatasetConfig(name="burstgpt", path=path, num_prompts=6), rng())
+    assert {(r.prompt_tokens, r.output_tokens) for r in ds.requests} == {(200, 20), (400, 40)}
+    assert len(ds.requests) == 6  # oversampled from two rows, seeded
+    short = sample_dataset(DatasetConfig(name="burstgpt", path=path, num_prompts=6, oversample=False), rng())
+    assert len(short.requests) == 2
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a BurstGPT CSV"):
+        sample_dataset(DatasetConfig(name="burstgpt", path=tmp_path / "bad.csv"), rng())
+
+
+def test_custom_jsonl(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"prompt": "What is the capital of India?", "output_tokens": 10}\n\n'
+                    '{"prompt": "And of Iran?", "output_tokens": 3}\n')
+    ds = sample_dataset(DatasetConfig(name="custom", path=path, num_prompts=2, custom_output_len=-1,
+                                      shuffle=False), rng())
+    assert [(r.prompt, r.output_tokens) for r in ds.requests] == [("What is the capital of India?", 10),
+                                                                  ("And of Iran?", 3)]
+    fixed = sample_dataset(DatasetConfig(name="custom", path=path, num_prompts=2), rng())
+    assert {r.output_tokens for r in fixed.requests} == {256}
+    path.write_text('{"prompt": "ok"}\n{"prompt": 5}\n')
+    with pytest.raises(InputError, match=r"c.jsonl: line 2: needs a non-empty string 'prompt'"):
+        sample_dataset(DatasetConfig(name="custom", path=path), rng())
+    path.write_text('{"prompt": "ok"}\nnot json\n')
+    with pytest.raises(InputError, match="line 2: invalid JSON"):
+        sample_dataset(DatasetConfig(name="custom", path=path), rng())
+
+
+def test_hf_local_parquet_and_chat_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    snap = tmp_path / "snap" / "data"
+    snap.mkdir(parents=True)
+    pq.write_table(pa.table({"instruction": ["write a poem", "sum 2 and 2"], "output": ["x" * 40, "4"]}),
+                   snap / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"instruction": ["test only"], "output": ["y"]}), snap / "test-00000-of-00001.parquet")
+    ds = sample_dataset(DatasetConfig(name="hf", path=tmp_path / "snap", hf_split="train", num_prompts=2,
+                                      shuffle=False), rng())
+    assert [(r.prompt, r.output_tokens) for r in ds.requests] == [("write a poem", 10), ("sum 2 and 2", 1)]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "system", "content": "be brief"},
+                                             {"role": "user", "content": "hello there"},
+                                             {"role": "assistant", "content": "hi"}]}) + "\n")
+    [req] = sample_dataset(DatasetConfig(name="hf", path=chat, num_prompts=1, hf_output_len=7), rng()).requests
+    assert (req.prompt, req.output_tokens) == ("hello there", 7)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        sample_dataset(DatasetConfig(name="hf", path=tmp_path / "junk.parquet"), rng())
+
+
+def test_timed_trace_replays_its_times_and_shares_hashed_blocks(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    rows = [{"timestamp": 1000, "input_length": 40, "output_length": 5, "hash_ids": [1, 2, 3]},
+            {"timestamp": 1500, "input_length": 20, "output_length": 6, "hash_ids": [1, 7]},
+            {"timestamp": 4000, "input_length": 8, "output_length": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DatasetConfig(name="timed_trace", path=path, timed_trace_sec_multiplier=0.001)
+    ds = sample_dataset(cfg, rng(3))
+    assert ds.arrival_s is not None and ds.arrival_s.tolist() == pytest.approx([0.0, 0.5, 3.0])
+    a, b, c = ds.requests
+    assert (len(a.prompt), len(b.prompt), len(c.prompt)) == (40, 20, 8)
+    assert a.prompt[:16] == b.prompt[:16] and a.prompt[16:32] != b.prompt[16:32]  # hash id 1 is one block
+    assert sample_dataset(cfg, rng(3)).requests == ds.requests
+    assert sample_dataset(cfg, rng(4)).requests != ds.requests
+    path.write_text(json.dumps({"timestamp": 5, "input_length": 0, "output_length": 1}) + "\n")
+    with pytest.raises(InputError, match="'input_length' must be an integer >= 1"):
+        sample_dataset(cfg, rng())
+    path.write_text('{"timestamp": 5, "input_length": 3, "output_length": 1}\n'
+                    '{"timestamp": 4, "input_length": 3, "output_length": 1}\n')
+    with pytest.raises(InputError, match="must not decrease"):
+        sample_dataset(cfg, rng())
+
+
+def test_timed_trace_is_self_timed_by_default():
+    from rlserve.bench.runner import RunnerConfig
+    from rlserve.bench.session import BenchSpec
+
+    spec = BenchSpec(DatasetConfig(name="timed_trace"), RunnerConfig())
+    assert spec.timed and not BenchSpec(DatasetConfig(), RunnerConfig()).timed
+    assert not BenchSpec(DatasetConfig(name="timed_trace"), RunnerConfig(), self_timed=False).timed
