@@ -115,7 +115,9 @@ def _covered(intervals: Sequence[tuple[float, float]], edges: np.ndarray) -> np.
 
 
 def _tokens_in(times: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(edges, times, side="right") - 1
+    """Tokens per interval; a token stamped on an edge belongs to the interval that ends there (it was made in it:
+    the first token ends the prefill)."""
+    idx = np.searchsorted(edges, times, side="left") - 1
     ok = (idx >= 0) & (idx < len(edges) - 1)
     return np.bincount(idx[ok], weights=weights[ok], minlength=len(edges) - 1)
 
