@@ -79,3 +79,36 @@ def test_bench_writes_a_result_when_the_server_dies(vllm_server_factory, tmp_pat
     assert "unreachable" in kv["gaps"]["by_reason"]
     report = validate_result(data)
     assert any("failed" in p for p in report.problems)
+
+
+VLLM_ONLY_KEYS = {"rtfx"}
+"""Keys of vLLM's result that we do not write: ``rtfx`` is the real-time factor of audio inputs (0 for text)."""
+
+
+def test_result_has_every_key_vllm_bench_serve_writes(vllm_server: VllmServer, tiny_model_dir: Path,
+                                                      vllm_venv: Path, tmp_path: Path) -> None:
+    """The real `vllm bench serve` and `rlserve bench` against the same server, same flags: our result carries
+    every key of vLLM's (so scripts that read vLLM's results read ours), with the same types."""
+    common = ["--base-url", vllm_server.url, "--model", vllm_server.model_name, "--dataset-name", "random",
+              "--random-input-len", "24", "--random-output-len", "8", "--num-prompts", "6", "--request-rate", "20",
+              "--ignore-eos", "--goodput", "ttft:5000", "tpot:500", "--percentile-metrics", "ttft,tpot,itl,e2el",
+              "--metric-percentiles", "50,90,99", "--metadata", "tp=1", "--max-concurrency", "4",
+              "--probe-request-rate", "2", "--save-result", "--save-detailed", "--result-dir", str(tmp_path)]
+    ref = subprocess.run([str(vllm_venv / "bin" / "vllm"), "bench", "serve", *common, "--tokenizer",
+                          str(tiny_model_dir), "--result-filename", "vllm.json"],
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    res = runner.invoke(app, ["bench", *common, "--result-filename", "ours.json"])
+    assert res.exit_code == 0, res.output
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    ours = json.loads((tmp_path / "ours.json").read_text())
+    assert set(theirs) - set(ours) - VLLM_ONLY_KEYS == set()
+    for key in set(theirs) - VLLM_ONLY_KEYS:
+        if theirs[key] is not None and ours[key] is not None:
+            assert isinstance(ours[key], type(theirs[key])) or {type(ours[key]), type(theirs[key])} <= {int, float}, \
+                (key, theirs[key], ours[key])
+    # same server, same load: the counts agree exactly (latencies are not compared: on a busy host vLLM's API
+    # server folds several tokens into one streamed chunk at times, which moves TPOT/ITL run to run)
+    for key in ("completed", "failed", "total_output_tokens", "num_prompts", "max_concurrency", "tp"):
+        assert ours[key] == theirs[key], key
+    assert ours["total_input_tokens"] == theirs["total_input_tokens"] == 6 * 24
