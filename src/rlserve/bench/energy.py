@@ -53,14 +53,14 @@ def _counter_traces(recorder: Recorder) -> dict[str, tuple[np.ndarray, np.ndarra
     """``{"gpu": (t, cumulative J summed over GPUs), "cpu": (t, cumulative J)}`` for the sources measured."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if isinstance(recorder.gpu, GpuMonitor):
-        tr = recorder.gpu.trace()
-        if len(tr) >= 2:
-            out["gpu"] = (np.array([s.t_s for s in tr]), np.array([sum(s.energy_j) for s in tr]))
+        gtr = recorder.gpu.trace()
+        if len(gtr) >= 2:
+            out["gpu"] = (np.array([s.t_s for s in gtr]), np.array([sum(s.energy_j) for s in gtr]))
     if recorder.cpu is not None and recorder.cpu.power_source == "rapl":
-        tr = recorder.cpu.trace()
-        e = np.array([s.energy_j for s in tr], dtype=np.float64)
+        ctr = recorder.cpu.trace()
+        e = np.array([s.energy_j for s in ctr], dtype=np.float64)
         if e.size >= 2 and np.isfinite(e).all():
-            out["cpu"] = (np.array([s.t_s for s in tr]), e)
+            out["cpu"] = (np.array([s.t_s for s in ctr]), e)
     return out
 
 

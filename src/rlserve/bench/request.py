@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,7 +195,8 @@ async def openai_chat(session: aiohttp.ClientSession, base_url: str, model: str,
                                  req.prompt_tokens, _chat_text)
 
 
-RequestFunc = Callable[[aiohttp.ClientSession, str, str, SampleRequest, RequestOptions], Awaitable[RequestOutput]]
+RequestFunc = Callable[[aiohttp.ClientSession, str, str, SampleRequest, RequestOptions],
+                       Coroutine[Any, Any, RequestOutput]]
 
 REQUEST_FUNCS: dict[str, RequestFunc] = {
     "/v1/completions": openai_completions,

@@ -22,6 +22,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click import Context
 from typer.core import TyperGroup
 
 from rlserve.bench import result as result_file
@@ -61,7 +62,7 @@ def expand_multi_value(args: Sequence[str], flags: Sequence[str] = MULTI_VALUE_F
 class VllmStyleGroup(TyperGroup):
     """The ``bench`` group: multi-value flags expanded before click parses anything."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         """Expand multi-value flags, then parse as usual."""
         if args and args[0] in self.commands:  # a sub-command parses its own arguments
             return super().parse_args(ctx, args)
