@@ -75,6 +75,8 @@ class BenchSpec:
     user_metadata: dict[str, str] = field(default_factory=dict)
     save_detailed: bool = False
     argv: tuple[str, ...] = ()
+    notes: dict[str, str] = field(default_factory=dict)
+    """Flags recorded in ``metadata`` without changing the run (``--hf-name``, ``--hf-subset``)."""
 
     @property
     def timed(self) -> bool:
@@ -144,7 +146,7 @@ def run_point(spec: BenchSpec, on_done: Callable[[RequestOutput], None] | None =
                            if getattr(spec.slo, f) is not None} if spec.slo else None,
         "percentile_metrics": list(spec.percentile_metrics), "metric_percentiles": list(spec.metric_percentiles),
         "probe_request_rate": spec.runner.probe_request_rate, "num_warmups": spec.runner.num_warmups,
-        "argv": redact_argv(spec.argv),
+        "argv": redact_argv(spec.argv), **spec.notes,
     }
     result = result_file.build_result(
         run, metrics, recorder.result_sections(), {**parts["header"], **parts["traffic"]}, ours,

@@ -215,6 +215,7 @@ def build_spec(params: dict[str, Any]) -> BenchSpec:
         backend=p["backend"], label=p["label"], tokenizer_id=str(p["tokenizer"]) if p["tokenizer"] else None,
         user_metadata=parse_metadata(_split_kv(p["metadata"])), save_detailed=p["save_detailed"],
         argv=tuple(sys.argv[1:]),
+        notes={k: p[k] for k in ("hf_name", "hf_subset") if p[k]},
     )
 
 
