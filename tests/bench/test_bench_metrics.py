@@ -69,6 +69,16 @@ def test_parse_goodput():
             parse_goodput(bad)
 
 
+def test_client_queue_metrics_only_when_selected():
+    plain = calculate_metrics(make_run()).latency_ms
+    assert not any("client_queue" in k for k in plain)
+    m = calculate_metrics(make_run(), percentile_metrics=["ttft", "client_queue_time", "e2el_including_client_queue"],
+                          percentiles=[50]).latency_ms
+    # successful requests waited 0 and 100 ms client-side (send - scheduled); E2EL 500 ms each
+    assert m["mean_client_queue_time_ms"] == pytest.approx(50.0) and "p99_client_queue_time_ms" not in m
+    assert m["p50_e2el_including_client_queue_ms"] == pytest.approx(550.0)
+
+
 def test_unknown_percentile_metric():
     with pytest.raises(ConfigError):
         calculate_metrics(make_run(), percentile_metrics=["latency"])

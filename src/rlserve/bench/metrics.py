@@ -22,6 +22,9 @@ from rlserve.errors import ConfigError
 from rlserve.metrics import RequestRecords, Slo, distribution, summarize
 
 METRIC_NAMES = ("ttft", "tpot", "itl", "e2el")
+QUEUE_METRICS = ("client_queue_time", "e2el_including_client_queue")
+"""vLLM's optional ``--percentile-metrics``: time a request waited client-side (schedule lag plus the
+``--max-concurrency`` queue) and E2EL including it; reported only when selected, as vLLM does."""
 
 
 def parse_goodput(specs: Sequence[str]) -> Slo:
@@ -151,9 +154,10 @@ def calculate_metrics(run: BenchRun, slo: Slo | None = None,
                       percentile_metrics: Sequence[str] = ("ttft", "tpot", "itl"),
                       percentiles: Sequence[float] = (99.0,)) -> BenchmarkMetrics:
     """Aggregate a run. ``slo=None`` leaves goodput unmeasured (``None``)."""
-    unknown = set(percentile_metrics) - set(METRIC_NAMES)
+    unknown = set(percentile_metrics) - set(METRIC_NAMES) - set(QUEUE_METRICS)
     if unknown:
-        raise ConfigError(f"--percentile-metrics {sorted(unknown)} unknown; choose from {', '.join(METRIC_NAMES)}")
+        raise ConfigError(f"--percentile-metrics {sorted(unknown)} unknown; choose from "
+                          f"{', '.join(METRIC_NAMES + QUEUE_METRICS)}")
     bad = [q for q in percentiles if not 0 <= q <= 100]
     if bad:
         raise ConfigError(f"--metric-percentiles must be in [0, 100], got {bad}")
@@ -165,10 +169,13 @@ def calculate_metrics(run: BenchRun, slo: Slo | None = None,
     itl = np.array([x for o in run.outputs if o.success for x in o.itl_s], dtype=np.float64)
     lag = np.array([o.send_s - s for o, s in zip(run.outputs, run.scheduled_s, strict=True)], dtype=np.float64)
     series = {"ttft": rec.ttft_s[done], "tpot": rec.tpot_s[done], "itl": itl, "e2el": rec.e2e_s[done]}
+    queued = {"client_queue_time": lag[done], "e2el_including_client_queue": rec.e2e_s[done] + lag[done]}
+    series.update({k: v for k, v in queued.items() if k in percentile_metrics})
     qs = tuple(percentiles)
     latency: dict[str, float] = {}
     for k, v in series.items():
-        d = distribution(v, (99.0, *qs) if k in percentile_metrics else (99.0,), scale=1000.0)
+        d = distribution(v, (*qs,) if k in QUEUE_METRICS else (99.0, *qs) if k in percentile_metrics else (99.0,),
+                         scale=1000.0)
         latency.update({f"mean_{k}_ms": d["mean"], f"median_{k}_ms": d["median"], f"std_{k}_ms": d["std"]})
         latency.update({f"{name}_{k}_ms": d[name] for name in d if name.startswith("p")})
     lag_d = distribution(lag, (99.0,), scale=1000.0)

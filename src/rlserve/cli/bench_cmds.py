@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 
 from rlserve.bench import result as result_file
 from rlserve.bench.datasets import DATASETS, DatasetConfig, parse_range_ratio
-from rlserve.bench.metrics import METRIC_NAMES, BenchmarkMetrics, parse_goodput
+from rlserve.bench.metrics import METRIC_NAMES, QUEUE_METRICS, BenchmarkMetrics, parse_goodput
 from rlserve.bench.request import REQUEST_FUNCS, RequestOptions, RequestOutput
 from rlserve.bench.runner import RampUp, RunnerConfig
 from rlserve.bench.session import BenchSpec, MonitorSpec, PointResult, parse_metadata, run_point
@@ -285,7 +285,7 @@ def bench(
     seed: int = typer.Option(0, help="Seed of the dataset sample and arrival schedule."),
     goodput: list[str] | None = typer.Option(None, help="SLOs in ms: ttft:500 tpot:50 e2el:10000."),
     percentile_metrics: str = typer.Option("ttft,tpot,itl", help=f"Metrics to report percentiles for "
-                                                                  f"({','.join(METRIC_NAMES)})."),
+                                                                  f"({','.join(METRIC_NAMES + QUEUE_METRICS)})."),
     metric_percentiles: str = typer.Option("99", help="Percentiles, e.g. '50,90,99'."),
     ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                     help="Generate exactly max_tokens (vLLM's default is off; ours on)."),
