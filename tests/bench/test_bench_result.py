@@ -98,3 +98,19 @@ def test_state_and_monitor_commands_against_a_server():
         res = runner.invoke(app, ["monitor", "--url", server.base_url, "--duration-s", "0.5"])
         assert res.exit_code == 0, res.output
         assert "KV cache usage" in res.output
+
+
+def test_a_write_that_fails_after_the_run_falls_back_to_the_temp_dir(tmp_path):
+    """The path was checked before the run; if it became unwritable meanwhile (here: a directory appeared under the
+    result's name), the finished run's numbers still land on disk, and the caller is told where."""
+    from rlserve.bench.result import save_result_safely
+
+    target = tmp_path / "r.json"
+    target.mkdir()
+    written, why = save_result_safely({"completed": 3, "cpu_power_stats": None}, target)
+    try:
+        assert why is not None and str(target) in why
+        assert written != target and json.loads(written.read_text())["completed"] == 3
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
+    finally:
+        written.unlink()

@@ -190,8 +190,12 @@ def save_result(result: dict[str, Any], path: str | Path, append: bool = False) 
                                                                                    allow_nan=False) + "\n"
     else:
         text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # leave no partial file behind
+        raise
     return path
 
 
