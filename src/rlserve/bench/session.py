@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,8 +162,3 @@ def parse_metadata(items: list[str], flag: str = "--metadata") -> dict[str, str]
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
-
-
-def default_result_path(result_dir: Path, result: dict[str, Any]) -> Path:
-    """``result_dir / vLLM's default name`` for a finished result."""
-    return result_dir / result_file.result_filename(result)

@@ -187,7 +187,7 @@ def build_spec(params: dict[str, Any]) -> BenchSpec:
                                sampling=_sampling(p["temperature"], p["top_p"], p["top_k"], p["min_p"],
                                                   p["frequency_penalty"], p["presence_penalty"],
                                                   p["repetition_penalty"])),
-        api_key=p["api_key"] or None, headers=parse_metadata(_split_kv(p["header"]), "--header"),
+        api_key=p["api_key"] or None, headers=parse_metadata(p["header"] or [], "--header"),
         probe_request_rate=p["probe_request_rate"],
     )
     ramp = None
@@ -213,15 +213,10 @@ def build_spec(params: dict[str, Any]) -> BenchSpec:
                              gpu_interval_s=p["gpu_monitor_interval"], cpu=p["monitor_cpu"],
                              kv_trace=p["enable_kv_trace"], kv_interval_s=p["kv_monitor_interval"]),
         backend=p["backend"], label=p["label"], tokenizer_id=str(p["tokenizer"]) if p["tokenizer"] else None,
-        user_metadata=parse_metadata(_split_kv(p["metadata"])), save_detailed=p["save_detailed"],
+        user_metadata=parse_metadata(p["metadata"] or []), save_detailed=p["save_detailed"],
         argv=tuple(sys.argv[1:]),
         notes={k: p[k] for k in ("hf_name", "hf_subset") if p[k]},
     )
-
-
-def _split_kv(values: list[str] | None) -> list[str]:
-    """KEY=VALUE items: values may contain spaces when quoted, so only whitespace-free splitting of bare words."""
-    return [v for v in values or [] if v]
 
 
 @bench_app.callback(invoke_without_command=True)
