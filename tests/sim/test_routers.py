@@ -9,6 +9,8 @@ import pytest
 
 from rlserve.errors import ConfigError
 from rlserve.policies import ROUTERS, make_router
+from rlserve.policies.base import fair_argmin
+from rlserve.policies.routers import LeastExpectedLatencyRouter, expected_latency_s, expected_output_tokens
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
 
@@ -115,3 +117,67 @@ def test_routers_in_simulation_see_declared_sizes_never_the_truth() -> None:
     assert [r.max_tokens for r in seen] == [512] * 5
     assert "output_tokens" not in Request._fields
     assert sim.finish().records.output_tokens.tolist() == [3, 4, 5, 6, 7]  # the truth was executed
+
+
+def test_least_expected_latency_counts_only_new_prefill_tokens() -> None:
+    """Same backlog and speed; replica 1 is expected to hold 1,500 of the 2,000 prompt tokens in its prefix cache."""
+    r = make_router("least_expected_latency", seed=0)
+    req = Request(0, 0.0, 2000, 100)
+    busy = replace(BASE, pending_prefill_tokens=1000)
+    assert r.select(req, snap(BASE, replace(busy, prefix_hit_tokens=1500))) == 1
+    assert r.select(req, snap(BASE, busy)) == 0
+
+
+def test_least_expected_latency_avoids_a_fast_replica_whose_kv_cache_is_full() -> None:
+    fast = replace(BASE, decode_tokens_per_s=350.0, prefill_tokens_per_s=50_000.0)
+    r = make_router("least_expected_latency", seed=0)
+    assert r.select(REQ, snap(fast, BASE)) == 0
+    assert r.select(REQ, snap(replace(fast, kv_blocks_used=990, num_running=20), BASE)) == 1
+
+
+H100_A40_LONG_OUTPUTS = {
+    "name": "h100_a40_long_outputs",
+    "cluster": {"defaults": {"model": "llama-2-7b", "batching": "chunked"},
+                "replicas": [{"gpu": "h100-sxm"}, {"gpu": "a40"}]},
+    "workload": {"num_requests": 1200, "arrival": {"kind": "poisson", "qps": 5.5},
+                 "lengths": {"kind": "lognormal", "prompt_mean": 800, "prompt_median": 600, "output_mean": 600,
+                             "output_median": 450},
+                 "max_total_tokens": 4096},
+    "slo": {"ttft_s": 2.0, "tpot_s": 0.1},
+}
+
+
+class _KvBlindLeastExpectedLatency(LeastExpectedLatencyRouter):
+    """The estimate without its KV term (prefill + batched decode only): the collapse this test reproduces."""
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        output = expected_output_tokens(request, snapshot)
+        return fair_argmin([expected_latency_s(r.pending_prefill_tokens, request.prompt_tokens,
+                                               r.prefill_tokens_per_s, r.outstanding, output,
+                                               r.decode_tokens_per_s) for r in snapshot.replicas], self.rng)
+
+
+def test_least_expected_latency_no_longer_collapses_on_one_h100_and_one_a40() -> None:
+    """Without the KV term the router piles long answers onto the H100 until it thrashes (every preemption on the
+    H100, SLO attainment lost); with it the pair serves the load without preemptions."""
+    import warnings
+
+    from rlserve.scenario import scenario_from_dict
+    from rlserve.sim import simulate
+
+    scn = scenario_from_dict(H100_A40_LONG_OUTPUTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a few lengths are clipped to the 4,096-token context
+        workload = scn.build_workload(0)
+    blind_router = _KvBlindLeastExpectedLatency()
+    blind_router.reset(0)
+    results = {"blind": simulate(scn.cluster, workload, blind_router),
+               "fixed": simulate(scn.cluster, workload, make_router("least_expected_latency", seed=0))}
+    blind, fixed = (results[n].summary(scn.slo) for n in ("blind", "fixed"))
+    blind_stats = results["blind"].replica_stats
+    assert blind.preemptions_total > 100 and blind_stats[1].preemptions == 0  # all on the H100
+    assert blind.slo_attainment < 0.95
+    assert fixed.preemptions_total <= 5 and fixed.slo_attainment > 0.99
+    assert fixed.e2e_s["mean"] < blind.e2e_s["mean"]
+    print(f"without KV term: SLO {blind.slo_attainment:.1%}, {blind.preemptions_total} preemptions; "
+          f"with: SLO {fixed.slo_attainment:.1%}, {fixed.preemptions_total}")
