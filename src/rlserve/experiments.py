@@ -17,10 +17,12 @@ from rlserve.scenario import Scenario, load_scenario
 from rlserve.sim import ClusterSimulator, SimResult
 
 HEURISTICS = ("random", "round_robin", "least_outstanding", "join_shortest_queue", "least_kv", "power_of_two",
-              "least_expected_latency")
+              "least_expected_latency", "prefix_affinity", "llmd", "lmetric", "loadaware")
 """Every registered heuristic router, in the order tables show them."""
 
 COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("finished", lambda s: s.num_finished),
+    ("rejected", lambda s: (s.extra or {}).get("rejected", 0)),
     ("TTFT p50 ms", lambda s: s.ttft_s["p50"] * 1e3),
     ("TTFT p99 ms", lambda s: s.ttft_s["p99"] * 1e3),
     ("TPOT p99 ms", lambda s: s.tpot_s["p99"] * 1e3),
@@ -30,6 +32,7 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("SLO %", lambda s: s.slo_attainment * 100),
     ("J/tok", lambda s: s.energy_per_token_j),
     ("preempt", lambda s: s.preemptions_total),
+    ("prefix hit %", lambda s: (s.extra or {}).get("prefix_hit_rate", 0.0) * 100),
 )
 """(label, getter) pairs of the standard comparison columns; seconds are shown in ms where the label says so."""
 

@@ -6,7 +6,7 @@ A router is called once per arriving request, in the simulator and in the proxy 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,7 +63,7 @@ def make_router(spec: str, *, seed: int | None = None, **kwargs: Any) -> Router:
     return router
 
 
-def fair_argmin(values: np.ndarray | list[float], rng: np.random.Generator) -> int:
+def fair_argmin(values: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
     """Index of the smallest value, ties broken uniformly at random (never always the lowest id)."""
     arr = np.asarray(values, dtype=np.float64)
     best = np.flatnonzero(arr == arr.min())

@@ -208,3 +208,135 @@ class LeastExpectedLatencyRouter(_Seeded):
             return fair_argmin(load, self.rng)
         return fair_argmin([self.estimate_s(r, request, output) if x <= 1.0 else math.inf
                             for r, x in zip(reps, load, strict=True)], self.rng)
+
+
+# --- prefix-aware routers: the policies production routers run today, on ReplicaState.prefix_hit_tokens --------
+
+
+def _hit_fraction(r: ReplicaState, request: Request) -> float:
+    """Share of the request's prompt this replica is expected to hold in cache (the prefix index's match)."""
+    return min(r.prefix_hit_tokens, request.prompt_tokens) / max(request.prompt_tokens, 1)
+
+
+def _fair_argmax(values: list[float], rng: np.random.Generator) -> int:
+    return fair_argmin([-v for v in values], rng)
+
+
+@register_router("prefix_affinity")
+class PrefixAffinityRouter(_Seeded):
+    """Cache-aware routing with load-imbalance thresholds, as SGLang's router / vllm-router ``cache_aware`` policy.
+
+    Source: SGLang model gateway ``cache_aware`` policy (vllm-router is its fork), command-line defaults
+    ``--cache-threshold 0.3 --balance-abs-threshold 64 --balance-rel-threshold 1.5``. When the load is imbalanced
+    (``max - min > balance_abs_threshold`` *and* ``max > balance_rel_threshold x min``, load = requests in flight)
+    the least loaded replica gets the request. Otherwise the replica with the highest prefix match ratio gets it if
+    that ratio exceeds ``cache_threshold``; else the one with the most free cache (SGLang: the smallest radix tree;
+    here the lowest KV usage, which the proxy scrapes). The match ratio comes from the prefix index
+    (:mod:`rlserve.prefix_index`) instead of SGLang's character radix tree: both approximate the engine's cache from
+    the prompts routed.
+    """
+
+    name = "prefix_affinity"
+
+    def __init__(self, cache_threshold: float = 0.3, balance_abs_threshold: float = 64.0,
+                 balance_rel_threshold: float = 1.5) -> None:
+        super().__init__()
+        self.cache_threshold = cache_threshold
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Least loaded when imbalanced, else best prefix match above the threshold, else most free cache."""
+        reps = snapshot.replicas
+        load = [r.num_waiting + r.num_running for r in reps]
+        lo, hi = min(load), max(load)
+        if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
+            return fair_argmin(load, self.rng)
+        match = [_hit_fraction(r, request) for r in reps]
+        if max(match) > self.cache_threshold:
+            return _fair_argmax(match, self.rng)
+        return fair_argmin([r.kv_usage for r in reps], self.rng)
+
+
+LLMD_WEIGHTS = {"prefix": 3.0, "queue": 2.0, "kv": 2.0}
+"""llm-d's default scorer weights (inference-scheduling guide: prefix-cache-scorer 3, queue-scorer 2,
+kv-cache-utilization-scorer 2)."""
+
+
+@register_router("llmd")
+class LlmdRouter(_Seeded):
+    """llm-d's inference scheduler with its default weighted scorers and the max-score picker.
+
+    Source: llm-d inference scheduler / Gateway API Inference Extension endpoint picker, default profile
+    ``prefix-cache-scorer`` (weight 3), ``queue-scorer`` (2), ``kv-cache-utilization-scorer`` (2),
+    ``max-score-picker``. Each scorer gives a replica a score in [0, 1]: prefix = matched blocks / prompt blocks
+    (the approximate prefix index, :mod:`rlserve.prefix_index`, with llm-d's block size and capacity); queue =
+    ``(max - q) / (max - min)`` of the waiting queues (1 for every replica when they are equal); KV = ``1 - usage``.
+    The highest weighted sum wins, ties at random.
+    """
+
+    name = "llmd"
+
+    def __init__(self, prefix_weight: float = LLMD_WEIGHTS["prefix"], queue_weight: float = LLMD_WEIGHTS["queue"],
+                 kv_weight: float = LLMD_WEIGHTS["kv"]) -> None:
+        super().__init__()
+        self.weights = (prefix_weight, queue_weight, kv_weight)
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the highest weighted score."""
+        reps = snapshot.replicas
+        wp, wq, wk = self.weights
+        queue = [r.num_waiting for r in reps]
+        lo, hi = min(queue), max(queue)
+        scores = [wp * _hit_fraction(r, request) + wq * ((hi - q) / (hi - lo) if hi > lo else 1.0)
+                  + wk * (1.0 - r.kv_usage) for r, q in zip(reps, queue, strict=True)]
+        return _fair_argmax(scores, self.rng)
+
+
+@register_router("lmetric")
+class LMetricRouter(_Seeded):
+    """LMetric: new prefill tokens times batch size, lowest wins; no weights to tune.
+
+    Source: Zhang et al., "LMetric: Simple is Better - Multiplication May Be All You Need for LLM Request
+    Scheduling" (OSDI'26, arXiv:2603.15202): the score of an instance is the prefill tokens the request would add
+    there (its prompt minus the expected cached prefix; here plus the prompt tokens already queued for prefill on
+    that instance, which it waits behind) multiplied by the instance's current batch size (running requests).
+    Multiplying makes the relative weight of the two terms cancel out in the comparison. An idle instance scores 0;
+    ties go to fewer prefill tokens, then at random.
+    """
+
+    name = "lmetric"
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the smallest (new prefill tokens) x (batch size)."""
+        reps = snapshot.replicas
+        prefill = [r.pending_prefill_tokens + max(request.prompt_tokens - r.prefix_hit_tokens, 1) for r in reps]
+        scores = [p * r.num_running for p, r in zip(prefill, reps, strict=True)]
+        best = min(scores)
+        return fair_argmin([p if s == best else math.inf for p, s in zip(prefill, scores, strict=True)], self.rng)
+
+
+@register_router("loadaware")
+class LoadAwareRouter(_Seeded):
+    """Cache benefit minus beta times relative load, as vLLM production-stack's ``loadaware`` routing logic.
+
+    Source: vLLM production-stack router, ``--routing-logic loadaware`` (``DEFAULT_LOADAWARE_BETA = 1.0``):
+    ``score = min(matched, prompt) / prompt - beta x (load - mean) / max(1, mean)`` with load = requests in flight
+    per endpoint (event-driven, not scraped) and the matched prefix from the router's own prefix index; highest
+    wins. beta = 1: an endpoint at twice the fleet's mean load loses one full cache hit's worth of preference.
+    """
+
+    name = "loadaware"
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+        """Replica with the best cache benefit net of its relative load."""
+        reps = snapshot.replicas
+        load = [r.num_waiting + r.num_running for r in reps]
+        mean = sum(load) / len(load)
+        scale = max(1.0, mean)
+        return _fair_argmax([_hit_fraction(r, request) - self.beta * (x - mean) / scale
+                             for r, x in zip(reps, load, strict=True)], self.rng)
