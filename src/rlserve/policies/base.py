@@ -31,6 +31,19 @@ class Router(Protocol):
         ...
 
 
+def check_fits(router: Router, num_replicas: int) -> None:
+    """Raise :class:`ConfigError` (one line) if ``router`` cannot route ``num_replicas`` replicas.
+
+    A router bound to one cluster size (a learned policy with one output per replica) says so with an integer
+    ``num_replicas`` attribute; every other router routes any number of replicas. Checked before a run or a proxy
+    starts, so a mismatch is refused up front instead of failing on the first request.
+    """
+    fixed = getattr(router, "num_replicas", None)
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed != num_replicas:
+        raise ConfigError(f"router {getattr(router, 'name', router)!r} routes over {fixed} replicas only; this "
+                          f"cluster has {num_replicas} (use a router or checkpoint made for {num_replicas})")
+
+
 RouterFactory = Callable[..., Router]
 ROUTERS: dict[str, RouterFactory] = {}
 

@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from rlserve.errors import ConfigError
-from rlserve.policies.base import Router, make_router
+from rlserve.policies.base import Router, check_fits, make_router
 from rlserve.prefix_index import DEFAULT_BLOCK_SIZE, PrefixIndex, text_block_hashes
 from rlserve.serve.admission import ReplicaDown
 from rlserve.serve.bookkeeping import ReplicaBook, Tracked
@@ -77,6 +77,7 @@ class RouterProxy:
         self.config = config
         self.router = router if router is not None else make_router(config.router, seed=config.seed,
                                                                     **config.router_kwargs)
+        check_fits(self.router, len(config.replicas))  # refuse now, not with HTTP 500 on every request
         self.books = [ReplicaBook(i, spec, config.max_queue_per_replica) for i, spec in enumerate(config.replicas)]
         # A router that reads per-request queue features says how many it needs (PPORouter.queue_k).
         self.queue_k = max(config.queue_k, int(getattr(self.router, "queue_k", 0) or 0))
