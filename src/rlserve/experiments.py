@@ -48,10 +48,11 @@ def best_per_metric(aggregated: dict[str, dict[str, dict[str, float]]],
                     candidates: Sequence[str]) -> dict[str, str]:
     """For every judged column, the candidate router with the best mean (ties: the first listed)."""
     out = {}
+    present = [r for r in candidates if r in aggregated]
     for col in (*LOWER_IS_BETTER, *HIGHER_IS_BETTER):
         sign = 1.0 if col in LOWER_IS_BETTER else -1.0
-        out[col] = min((r for r in candidates if r in aggregated),
-                       key=lambda r, c=col, s=sign: s * aggregated[r][c]["mean"])
+        values = [sign * aggregated[r][col]["mean"] for r in present]
+        out[col] = present[values.index(min(values))]
     return out
 
 
