@@ -48,7 +48,7 @@ def test_evaluation_same_workloads_and_savings(small_scenario: Path) -> None:
     assert set(run.trace.sm_clock_mhz) == {1200.0} and run.summary.num_finished == 300
     assert best_by(results) in results
     again = run_controller(make_controller("static:256@1200", control_context(scn, SPACE)), scn.cluster,
-                           scn.build_workload(0), scn.slo)
+                           scn.build_workload(0), scn.slo, transition=scn.clock_transition)
     assert again.summary.energy_j == run.summary.energy_j  # deterministic for a seed
 
 

@@ -25,7 +25,8 @@ from rlserve.sim import build_perf_model
 
 #: What each run reports (keys of :func:`run_metrics`), in table order.
 METRICS = ("energy_per_token_j", "energy_per_output_token_j", "slo_attainment", "ttft_p99_s", "tpot_p99_s",
-           "e2e_p99_s", "mean_sm_clock_mhz", "mean_concurrency_cap", "output_tokens_per_s")
+           "e2e_p99_s", "mean_sm_clock_mhz", "mean_concurrency_cap", "output_tokens_per_s",
+           "clock_changes_per_min", "cap_changes_per_min", "transition_time_frac")
 
 
 def control_context(scenario: Scenario, action_space: ActionSpace, interval_s: float = 1.0) -> ControlContext:
@@ -48,6 +49,7 @@ def run_metrics(run: ControlRun) -> dict[str, float]:
         "mean_sm_clock_mhz": run.trace.time_weighted_mean("sm_clock_mhz"),
         "mean_concurrency_cap": run.trace.time_weighted_mean("concurrency_cap"),
         "output_tokens_per_s": s.output_token_throughput_per_s,
+        **run.switching(),
     }
 
 
@@ -93,7 +95,7 @@ def evaluate_controllers(specs: Sequence[str], scenario: Scenario, seeds: Sequen
         for seed in seeds:
             controller = make_controller(spec, control_context(scenario, action_space, interval_s), seed=seed)
             run = run_controller(controller, scenario.cluster, workloads[seed], scenario.slo,
-                                 interval_s=interval_s, seed=seed)
+                                 interval_s=interval_s, seed=seed, transition=scenario.clock_transition)
             metrics = run_metrics(run)
             res.per_seed.append(metrics)
             if keep_runs:
