@@ -59,9 +59,10 @@ class PowerSplit:
     ``mem_power_fixed_share``: share of memory-active power set by bytes moved (HBM/PHY), which a lower SM clock
     does not reduce; ``mem_knee``: clock fraction below which the SMs limit achievable bandwidth (decode slows).
     ``default`` reproduces ~30% decode-energy saving on an H200 at ~1.2 GHz (Ma et al. 2026, up to 32%);
-    ``pessimistic`` (a scenario option, ``power_split: pessimistic``) keeps 80% of memory power fixed and moves
-    the knee to 0.4, so H200 decode saves at most ~27% (not ~41%) and slows ~6% (not 2%) at 1 GHz, bracketing the A100 measurements that
-    show decode slowing more at low clocks (VoltanaLLM) and the lower published H200 figures (docs/energy.md).
+    ``pessimistic`` (a scenario option, ``power_split: pessimistic``) keeps 80% of memory power fixed and
+    moves the knee to 0.4, so H200 decode saves at most ~27% (default: ~41%) and slows ~6% (default: 2%) at
+    1 GHz, bracketing the A100 measurements that show decode slowing more at low clocks (VoltanaLLM) and the
+    lower published H200 figures (docs/energy.md).
     """
 
     mem_power_fixed_share: float = MEM_POWER_FIXED_SHARE
