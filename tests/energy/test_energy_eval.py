@@ -13,11 +13,13 @@ from rlserve.cli.main import app
 from rlserve.envs.energy_env import with_block_size
 from rlserve.envs.energy_eval import (
     best_by,
+    best_static_global,
     check_eval_seeds,
     control_context,
     default_grid_caps,
     evaluate_controllers,
     grid_search_static,
+    pick_best,
     savings_vs,
 )
 from rlserve.envs.energy_sim import run_controller
@@ -142,3 +144,21 @@ def test_a_checkpoint_run_at_another_interval_warns(small_scenario: Path) -> Non
     other = 2 * config.interval_s  # its rates and discount horizon would mean something else
     with pytest.warns(UserWarning, match=f"--interval-s {config.interval_s:g}"):
         make_controller("dqn", control_context(scn, build_action_space(scn, config), other))
+
+
+def test_pruned_grid_stops_below_the_first_infeasible_clock_and_global_pair(small_scenario: Path) -> None:
+    scn = load_scenario(small_scenario)
+    res = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=SPACE.sm_clocks_mhz, action_space=SPACE,
+                             slo_target=0.999)
+    tried = [r["controller"] for r in res.table]
+    assert tried[0] == "static:256@1980"  # from the top down
+    infeasible = [r for r in res.table if r["slo_attainment_min"] < 0.999]
+    assert len(infeasible) <= 1 and (not infeasible or infeasible[0] is res.table[-1])
+    row = {"energy_per_token_j": 1.0, "slo_attainment_min": 1.0}
+    tables = {"a": [{**row, "controller": "static:256@1980"}, {**row, "controller": "static:256@900",
+                                                                "energy_per_token_j": 0.5}],
+              "b": [{**row, "controller": "static:256@1980"}, {**row, "controller": "static:256@900",
+                                                                "slo_attainment_min": 0.9}]}
+    assert best_static_global(tables) == "static:256@1980"  # 900 MHz misses the SLO in scenario b
+    assert pick_best(tables["a"]) == "static:256@900"
+    assert pick_best(tables["b"], slo_target=0.95) == "static:256@1980"

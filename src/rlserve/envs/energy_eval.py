@@ -120,37 +120,87 @@ def savings_vs(results: Mapping[str, ControllerResult], baseline: str, metric: s
 
 @dataclass
 class GridSearchResult:
-    """The best static pair and the whole table (one row per pair, mean over seeds)."""
+    """The best spec of a search and the whole table (one row per spec tried, mean over seeds)."""
 
-    best: str  # a static controller spec, ``static:CAP@MHZ``
+    best: str  # a controller spec, e.g. ``static:CAP@MHZ``
     slo_target: float
     table: list[dict[str, Any]]
 
 
+def _row(spec: str, res: ControllerResult) -> dict[str, Any]:
+    agg = res.aggregate()
+    return {"controller": spec, "energy_per_token_j": agg["energy_per_token_j"]["mean"],
+            "slo_attainment_mean": agg["slo_attainment"]["mean"],
+            "slo_attainment_min": min(r["slo_attainment"] for r in res.per_seed),
+            "ttft_p99_s": agg["ttft_p99_s"]["mean"], "tpot_p99_s": agg["tpot_p99_s"]["mean"]}
+
+
+def pick_best(table: Sequence[dict[str, Any]], slo_target: float = 0.99) -> str:
+    """The row with the lowest mean energy per token whose attainment on *every* seed meets ``slo_target``; if
+    none does, the one closest to it (a baseline must exist even then)."""
+    feasible = [row for row in table if row["slo_attainment_min"] >= slo_target]
+    if not feasible:
+        return str(max(table, key=lambda row: (row["slo_attainment_min"], -row["energy_per_token_j"]))["controller"])
+    return str(min(feasible, key=lambda row: row["energy_per_token_j"])["controller"])
+
+
+def search_specs(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int], *, action_space: ActionSpace,
+                 slo_target: float = 0.99, interval_s: float = 1.0,
+                 on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
+    """Run every spec on every seed and pick the best (:func:`pick_best`): tuning any baseline's parameters.
+
+    Search on seeds other than the evaluation seeds, or the tuned baseline is tuned on the test set.
+    """
+    results = evaluate_controllers(specs, scenario, seeds, action_space=action_space, interval_s=interval_s,
+                                   on_run=on_run)
+    table = [_row(spec, res) for spec, res in results.items()]
+    return GridSearchResult(pick_best(table, slo_target), slo_target, table)
+
+
 def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequence[int],
                        clocks_mhz: Sequence[float], slo_target: float = 0.99, interval_s: float = 1.0,
-                       action_space: ActionSpace | None = None) -> GridSearchResult:
+                       action_space: ActionSpace | None = None, prune: bool = True,
+                       on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
     """The static (cap, clock) with the lowest mean energy per token whose SLO attainment on *every* seed meets
     ``slo_target`` (the best a fixed setting can do, chosen with hindsight on these seeds).
 
-    Search on seeds other than the evaluation seeds, or the "best static" baseline is tuned on the test set.
+    With ``prune`` (default) each cap's clocks are tried from the highest down and the search stops at the first
+    clock that misses the target: attainment only falls as the clock does, so lower clocks cannot qualify, and
+    this halves the cost. ``on_run(spec, seed, metrics)`` reports progress. Independent (cap, clock) cells are
+    what a parallel runner fans out (:func:`search_specs` on a subset, then :func:`pick_best` on the union).
     """
     space = action_space or ActionSpace(tuple(sorted(set(caps))), tuple(sorted(set(clocks_mhz))))
-    specs = [f"static:{c}@{f:g}" for c in caps for f in clocks_mhz]
-    results = evaluate_controllers(specs, scenario, seeds, action_space=space, interval_s=interval_s)
     table: list[dict[str, Any]] = []
-    for spec, res in results.items():
-        agg = res.aggregate()
-        worst = min(r["slo_attainment"] for r in res.per_seed)
-        table.append({"controller": spec, "energy_per_token_j": agg["energy_per_token_j"]["mean"],
-                      "slo_attainment_mean": agg["slo_attainment"]["mean"], "slo_attainment_min": worst})
-    feasible = [row for row in table if row["slo_attainment_min"] >= slo_target]
-    if not feasible:
-        # nothing meets the target: the pair closest to it (a baseline must exist even then)
-        best = max(table, key=lambda row: (row["slo_attainment_min"], -row["energy_per_token_j"]))
-    else:
-        best = min(feasible, key=lambda row: row["energy_per_token_j"])
-    return GridSearchResult(str(best["controller"]), slo_target, table)
+    for cap in caps:
+        for f in sorted(clocks_mhz, reverse=True):
+            spec = f"static:{cap}@{f:g}"
+            row = search_specs([spec], scenario, seeds, action_space=space, slo_target=slo_target,
+                               interval_s=interval_s, on_run=on_run).table[0]
+            table.append(row)
+            if prune and row["slo_attainment_min"] < slo_target:
+                break
+    return GridSearchResult(pick_best(table, slo_target), slo_target, table)
+
+
+def best_static_global(tables: Mapping[str, Sequence[dict[str, Any]]], slo_target: float = 0.99) -> str:
+    """One static pair for every scenario: among the pairs searched in all of them and meeting ``slo_target`` on
+    every seed of every scenario, the lowest mean (over scenarios) energy per token; if none, the pair whose
+    worst attainment is highest."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table in tables.values():
+        for row in table:
+            rows.setdefault(row["controller"], []).append(row)
+    common = {spec: rs for spec, rs in rows.items() if len(rs) == len(tables)}
+    if not common:
+        raise ConfigError("no static pair was searched in every scenario")
+    merged = [{"controller": spec, "energy_per_token_j": sum(r["energy_per_token_j"] for r in rs) / len(rs),
+               "slo_attainment_min": min(r["slo_attainment_min"] for r in rs)} for spec, rs in common.items()]
+    return pick_best(merged, slo_target)
+
+
+#: The SLO-slack controller's tuning grid (LOW,HIGH,UP_STEPS,CALM_S): hysteresis band, raise step and dwell.
+SLACK_GRID = tuple(f"slack:{lo:g},{hi:g},{up},{calm:g}" for lo, hi in ((0.5, 0.8), (0.6, 0.9), (0.4, 0.8))
+                   for up, calm in ((2, 2.0), (3, 1.0)))
 
 
 def default_grid_caps(action_space: ActionSpace, scenario: Scenario) -> list[int]:
