@@ -109,8 +109,9 @@ def test_cli_train_then_evaluate(small_scenario: Path, tmp_path: Path) -> None:
                             "--plots", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "ev.json").read_text())["energy_small"]
-    assert set(data["results"]) == {"static", "clipper", "eais", f"dqn:{out / 'policy.pt'}"}
+    assert set(data["results"]) == {"static", "clipper", "eais", "slack", f"dqn:{out / 'policy.pt'}"}
     assert (tmp_path / "plots" / "energy_small_seed0.png").stat().st_size > 10_000
+    assert (tmp_path / "plots" / "energy_small_pareto.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("name", ["energy_steady", "energy_diurnal", "energy_bursty", "energy_kv_pressure"])
@@ -148,12 +149,12 @@ def test_a_checkpoint_run_at_another_interval_warns(small_scenario: Path) -> Non
 
 def test_pruned_grid_stops_below_the_first_infeasible_clock_and_global_pair(small_scenario: Path) -> None:
     scn = load_scenario(small_scenario)
-    res = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=SPACE.sm_clocks_mhz, action_space=SPACE,
-                             slo_target=0.999)
-    tried = [r["controller"] for r in res.table]
-    assert tried[0] == "static:256@1980"  # from the top down
-    infeasible = [r for r in res.table if r["slo_attainment_min"] < 0.999]
-    assert len(infeasible) <= 1 and (not infeasible or infeasible[0] is res.table[-1])
+    space = ActionSpace.for_gpu(345.0, 1980.0, 15.0, num_clocks=8, concurrency_caps=(256,))
+    full = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=space.sm_clocks_mhz, action_space=space,
+                              slo_target=0.999, prune=False)
+    pruned = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=space.sm_clocks_mhz, action_space=space,
+                                slo_target=0.999)
+    assert pruned.best == full.best and len(pruned.table) < len(full.table)  # same answer, fewer runs
     row = {"energy_per_token_j": 1.0, "slo_attainment_min": 1.0}
     tables = {"a": [{**row, "controller": "static:256@1980"}, {**row, "controller": "static:256@900",
                                                                 "energy_per_token_j": 0.5}],

@@ -158,3 +158,14 @@ def test_pessimistic_split_is_a_scenario_option(small_scenario: Path, tmp_path: 
         e[name] = 1 - runs[1].summary.energy_j / runs[0].summary.energy_j
     assert e["pes"] < e["base"]
     assert dataclasses.replace(base.cluster.replicas[0], power_split="default") == base.cluster.replicas[0]
+
+
+def test_pareto_front_and_plot(tmp_path: Path) -> None:
+    from rlserve.report.energy_plots import pareto_front, plot_pareto
+
+    assert pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (0.5, 9.0)]) == [(0.5, 9.0), (1.0, 5.0), (2.0, 3.0)]
+    point = {"energy_per_token_j": 0.03, "ttft_p99_s": 0.2, "tpot_p99_s": 0.02, "slo_attainment": 0.995}
+    grid = {f"static:256@{f}": {**point, "energy_per_token_j": 0.02 + f / 1e5, "ttft_p99_s": 300 / f}
+            for f in (900, 1200, 1980)}
+    out = plot_pareto({"slack": point}, grid, tmp_path / "p.png", title="t")
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"

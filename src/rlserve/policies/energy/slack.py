@@ -25,8 +25,8 @@ class SlackController:
 
     name = "slack"
 
-    def __init__(self, context: ControlContext, spec: str = "", *, low: float = 0.3, high: float = 0.6,
-                 up_steps: int = 3, calm_s: float = 2.0) -> None:
+    def __init__(self, context: ControlContext, spec: str = "", *, low: float = 0.5, high: float = 0.8,
+                 up_steps: int = 2, calm_s: float = 2.0) -> None:
         if spec:
             try:
                 lo_s, hi_s, up_s, calm_str = spec.split(",")
