@@ -6,8 +6,10 @@ fraction of the energy an A40 needs, while an idle replica draws its idle power 
 router estimates, per replica, the *marginal* dynamic energy of the request (its prompt's prefill plus its output
 tokens decoded in a batch one larger than the replica's, minus the idle power that would be spent anyway) from
 each replica's performance model, and picks the cheapest replica whose estimated TTFT (prefill backlog ahead of
-the request plus its own prompt, at the replica's prefill speed) stays within ``ttft_budget`` of the TTFT SLO
-and whose decode batch stays within the TPOT SLO. When no replica qualifies it falls back to the least expected
+the request plus its own prompt, at the replica's prefill speed) stays within ``ttft_budget`` of the TTFT SLO,
+whose decode batch stays within the TPOT SLO, whose KV cache is at most ``kv_limit`` full and which has at
+most ``max_waiting`` requests not yet admitted (a full KV cache queues and preempts requests, which no
+prefill-backlog estimate sees). When no replica qualifies it falls back to the least expected
 latency. ``energy_weight`` blends in latency (0: pure latency, the least-expected-latency router).
 
 It uses only what a proxy knows: each replica's GPU and model (the operator configured them), its queue state
@@ -34,8 +36,10 @@ class EnergyAwareRouter(_Seeded):
     name = "energy_aware"
 
     def __init__(self, cluster: ClusterConfig, slo: Slo, *, ttft_budget: float = 0.5,
-                 energy_weight: float = 1.0) -> None:
+                 energy_weight: float = 1.0, kv_limit: float = 0.85, max_waiting: int = 2) -> None:
         super().__init__()
+        self.kv_limit = kv_limit
+        self.max_waiting = max_waiting
         self.perfs = [build_perf_model(r) for r in cluster.replicas]
         self.max_seqs = [r.max_num_seqs for r in cluster.replicas]
         self.slo = slo
@@ -73,7 +77,8 @@ class EnergyAwareRouter(_Seeded):
             batch = min(r.num_running + r.num_waiting, self.max_seqs[i] - 1)
             wait_s = (r.pending_prefill_tokens + request.prompt_tokens) / r.prefill_tokens_per_s
             step_s, _ = self._decode_step(i, batch + 1)
-            ok = wait_s <= ttft_s and (self.slo.tpot_s is None or step_s <= self.slo.tpot_s)
+            ok = (wait_s <= ttft_s and (self.slo.tpot_s is None or step_s <= self.slo.tpot_s)
+                  and r.kv_usage <= self.kv_limit and r.num_waiting <= self.max_waiting)
             feasible.append(ok)
             scores.append(self.energy_weight * self.marginal_energy_j(i, batch, request)
                           + (1.0 - self.energy_weight) * latency[i])
