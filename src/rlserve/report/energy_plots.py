@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rlserve.envs.energy_sim import ControlTrace
+
+
+def _save(fig: Any, path: str | Path, title: str) -> Path:
+    """Title, tight layout, PNG at ``path`` (parents created); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def plot_control_traces(traces: Mapping[str, ControlTrace], path: str | Path, *, title: str = "") -> Path:
@@ -27,14 +42,7 @@ def plot_control_traces(traces: Mapping[str, ControlTrace], path: str | Path, *,
             ax.set_yscale("log", base=2)
     axes[-1].set_xlabel("time (s)")
     axes[0].legend(loc="upper right", fontsize="small", ncol=2)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path, title)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -77,11 +85,4 @@ def plot_pareto(controllers: Mapping[str, Mapping[str, float]], static_grid: Map
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("energy per token (J)")
     axes[-1].legend(loc="best", fontsize="x-small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path, title)
