@@ -219,7 +219,8 @@ def _print_table(title: str, results: dict[str, Any], savings: dict[str, Any]) -
 def run_cmd(
     url: Annotated[str, typer.Option(help="Base URL of the rlserve proxy in front of the vLLM server.")],
     gpu_ids: Annotated[str, typer.Option(help="NVML indices of the replica's GPUs, e.g. 0 or 0,1.")],
-    controller: Annotated[str | None, typer.Option(help="static, clipper, eais, static:CAP@MHZ.")] = None,
+    controller: Annotated[str | None, typer.Option(help="static, clipper, eais, slack, static:CAP@MHZ; any with "
+                                                 "+dwell=S+hyst=MHZ.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="policy.pt of a trained DQN.")] = None,
     scenario: Annotated[str, typer.Option(help="Scenario giving the SLO, GPU and model of the server.")]
     = "energy_steady",
