@@ -19,6 +19,7 @@ from rlserve.envs.energy_eval import (
     default_grid_caps,
     evaluate_controllers,
     grid_search_static,
+    lowest_feasible_clock,
     pick_best,
     savings_vs,
 )
@@ -163,3 +164,5 @@ def test_pruned_grid_stops_below_the_first_infeasible_clock_and_global_pair(smal
     assert best_static_global(tables) == "static:256@1980"  # 900 MHz misses the SLO in scenario b
     assert pick_best(tables["a"]) == "static:256@900"
     assert pick_best(tables["b"], slo_target=0.95) == "static:256@1980"
+    assert lowest_feasible_clock(tables["a"], 256) == 900.0 and lowest_feasible_clock(tables["b"], 256) == 1980.0
+    assert lowest_feasible_clock(tables["a"], 64) is None

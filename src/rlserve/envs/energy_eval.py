@@ -220,6 +220,13 @@ def best_static_global(tables: Mapping[str, Sequence[dict[str, Any]]], slo_targe
     return pick_best(merged, slo_target)
 
 
+def lowest_feasible_clock(table: Sequence[dict[str, Any]], cap: int, slo_target: float = 0.99) -> float | None:
+    """The lowest clock of ``static:CAP@MHZ`` rows meeting ``slo_target`` on every seed (None: none does)."""
+    clocks = [float(r["controller"].rpartition("@")[2]) for r in table
+              if r["controller"].startswith(f"static:{cap}@") and r["slo_attainment_min"] >= slo_target]
+    return min(clocks) if clocks else None
+
+
 #: The SLO-slack controller's tuning grid (LOW,HIGH,UP_STEPS,CALM_S): hysteresis band, raise step and dwell.
 SLACK_GRID = tuple(f"slack:{lo:g},{hi:g},{up},{calm:g}" for lo, hi in ((0.5, 0.8), (0.6, 0.9))
                    for up, calm in ((2, 2.0), (3, 1.0)))
