@@ -60,7 +60,8 @@ def score(config: EnergyTrainConfig, policy: Path, seeds: int) -> dict[str, Any]
             for spec in ("static", f"dqn:{policy}"):
                 ctl = make_controller(spec, control_context(scn, space, config.env.interval_s), seed=seed)
                 m[spec] = run_metrics(run_controller(ctl, scn.cluster, workload, scn.slo,
-                                                     interval_s=config.env.interval_s, seed=seed))
+                                                     interval_s=config.env.interval_s, seed=seed,
+                                                     transition=scn.clock_transition))
             s_list.append(1.0 - m[f"dqn:{policy}"]["energy_per_token_j"] / m["static"]["energy_per_token_j"])
             a_list.append(m[f"dqn:{policy}"]["slo_attainment"])
         per_scenario[name] = {"saving": float(np.mean(s_list)), "slo": float(np.mean(a_list))}

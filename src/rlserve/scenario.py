@@ -15,6 +15,10 @@ selected by name; any other path to a YAML file works too::
       arrival: {kind: poisson, qps: 20}
       lengths: {kind: lognormal, prompt_mean: 1155, prompt_median: 1020, output_mean: 211, output_median: 129}
     slo: {ttft_s: 2.0, tpot_s: 0.1}
+    clock_transition: {latency_s: 0.05, stall_s: 0.05, energy_j: 0}   # optional; "off": clock changes are free
+
+``clock_transition`` (:mod:`rlserve.sim.clock_transition`) is what an SM-clock change costs when an energy
+controller drives the scenario; left out, the documented default applies.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ import yaml
 
 from rlserve.errors import ConfigError, InputError
 from rlserve.metrics import Slo
+from rlserve.sim.clock_transition import DEFAULT_TRANSITION, ClockTransition
 from rlserve.sim.config import ClusterConfig
 from rlserve.workload import WorkloadConfig, build_workload
 from rlserve.workload.request import Workload
 
 SCENARIO_DIR = Path(__file__).parent / "configs" / "scenarios"
-_KEYS = {"name", "description", "cluster", "workload", "slo"}
+_KEYS = {"name", "description", "cluster", "workload", "slo", "clock_transition"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Scenario:
     cluster: ClusterConfig
     workload: WorkloadConfig
     slo: Slo
+    clock_transition: ClockTransition = DEFAULT_TRANSITION
 
     def build_workload(self, seed: int) -> Workload:
         """The scenario's requests for ``seed`` (deterministic); declared ``max_tokens`` are capped by the
@@ -113,5 +119,6 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     except TypeError as exc:
         raise ConfigError(f"{where}: cluster: {exc}") from exc
     workload = WorkloadConfig.from_dict(doc["workload"], where=f"{where}: workload", base_dir=Path(base_dir))
+    transition = ClockTransition.from_dict(doc.get("clock_transition"), where=f"{where}: clock_transition")
     return Scenario(name=str(doc.get("name", default_name)), description=str(doc.get("description", "")),
-                    cluster=cluster, workload=workload, slo=slo)
+                    cluster=cluster, workload=workload, slo=slo, clock_transition=transition)

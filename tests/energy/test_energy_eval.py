@@ -13,11 +13,14 @@ from rlserve.cli.main import app
 from rlserve.envs.energy_env import with_block_size
 from rlserve.envs.energy_eval import (
     best_by,
+    best_static_global,
     check_eval_seeds,
     control_context,
     default_grid_caps,
     evaluate_controllers,
     grid_search_static,
+    lowest_feasible_clock,
+    pick_best,
     savings_vs,
 )
 from rlserve.envs.energy_sim import run_controller
@@ -48,7 +51,7 @@ def test_evaluation_same_workloads_and_savings(small_scenario: Path) -> None:
     assert set(run.trace.sm_clock_mhz) == {1200.0} and run.summary.num_finished == 300
     assert best_by(results) in results
     again = run_controller(make_controller("static:256@1200", control_context(scn, SPACE)), scn.cluster,
-                           scn.build_workload(0), scn.slo)
+                           scn.build_workload(0), scn.slo, transition=scn.clock_transition)
     assert again.summary.energy_j == run.summary.energy_j  # deterministic for a seed
 
 
@@ -107,8 +110,9 @@ def test_cli_train_then_evaluate(small_scenario: Path, tmp_path: Path) -> None:
                             "--plots", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "ev.json").read_text())["energy_small"]
-    assert set(data["results"]) == {"static", "clipper", "eais", f"dqn:{out / 'policy.pt'}"}
+    assert set(data["results"]) == {"static", "clipper", "eais", "slack", f"dqn:{out / 'policy.pt'}"}
     assert (tmp_path / "plots" / "energy_small_seed0.png").stat().st_size > 10_000
+    assert (tmp_path / "plots" / "energy_small_pareto.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("name", ["energy_steady", "energy_diurnal", "energy_bursty", "energy_kv_pressure"])
@@ -142,3 +146,23 @@ def test_a_checkpoint_run_at_another_interval_warns(small_scenario: Path) -> Non
     other = 2 * config.interval_s  # its rates and discount horizon would mean something else
     with pytest.warns(UserWarning, match=f"--interval-s {config.interval_s:g}"):
         make_controller("dqn", control_context(scn, build_action_space(scn, config), other))
+
+
+def test_pruned_grid_stops_below_the_first_infeasible_clock_and_global_pair(small_scenario: Path) -> None:
+    scn = load_scenario(small_scenario)
+    space = ActionSpace.for_gpu(345.0, 1980.0, 15.0, num_clocks=8, concurrency_caps=(256,))
+    full = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=space.sm_clocks_mhz, action_space=space,
+                              slo_target=0.999, prune=False)
+    pruned = grid_search_static(scn, [500_000], caps=[256], clocks_mhz=space.sm_clocks_mhz, action_space=space,
+                                slo_target=0.999)
+    assert pruned.best == full.best and len(pruned.table) < len(full.table)  # same answer, fewer runs
+    row = {"energy_per_token_j": 1.0, "slo_attainment_min": 1.0}
+    tables = {"a": [{**row, "controller": "static:256@1980"}, {**row, "controller": "static:256@900",
+                                                                "energy_per_token_j": 0.5}],
+              "b": [{**row, "controller": "static:256@1980"}, {**row, "controller": "static:256@900",
+                                                                "slo_attainment_min": 0.9}]}
+    assert best_static_global(tables) == "static:256@1980"  # 900 MHz misses the SLO in scenario b
+    assert pick_best(tables["a"]) == "static:256@900"
+    assert pick_best(tables["b"], slo_target=0.95) == "static:256@1980"
+    assert lowest_feasible_clock(tables["a"], 256) == 900.0 and lowest_feasible_clock(tables["b"], 256) == 1980.0
+    assert lowest_feasible_clock(tables["a"], 64) is None

@@ -237,3 +237,32 @@ def test_run_gives_a_router_the_queue_views_it_asks_for() -> None:
     router = QueueReader()
     sim.run(router)
     assert router.longest == 3
+
+
+def test_stall_delays_the_next_iteration_and_costs_idle_power() -> None:
+    """A clock-transition stall booked while a lone request prefills: its first token comes exactly one stall
+    later, and the stall is charged at idle power plus the transition energy."""
+    perf = dict(overhead_s=0.01, prefill_token_s=1e-4, power_w=400.0, idle_power_w=100.0)
+    w = Workload.from_arrays(np.array([0.0]), np.array([300]), np.array([2]))
+    results = []
+    for stall in (0.0, 0.05):
+        sim = ClusterSimulator(cluster(batching="chunked"), w, perf_models=[LinearPerf(**perf)])
+        sim.dispatch(0)
+        sim.advance_to(0.001)
+        if stall:
+            sim.stall(0, stall, energy_j=2.0)
+        results.append(sim.finish())
+    free, stalled = (r.records for r in results)
+    # the prefill in flight finishes as before; the stall sits between it and the decode step
+    assert stalled.first_token_s[0] == pytest.approx(free.first_token_s[0], rel=1e-12)
+    assert stalled.finish_s[0] == pytest.approx(free.finish_s[0] + 0.05, rel=1e-12)
+    assert results[1].energy_j == pytest.approx(results[0].energy_j + 100.0 * 0.05 + 2.0, rel=1e-12)
+
+
+def test_stall_on_an_idle_replica_holds_back_the_next_arrival() -> None:
+    w = Workload.from_arrays(np.array([0.02]), np.array([100]), np.array([1]))
+    sim = ClusterSimulator(cluster(), w, perf_models=[LinearPerf(overhead_s=0.01, prefill_token_s=1e-4)])
+    sim.stall(0, 0.05)  # at t=0, idle: nothing runs until t=0.05
+    sim.dispatch(0)
+    rec = sim.finish().records
+    assert rec.first_scheduled_s[0] == pytest.approx(0.05) and rec.finish_s[0] == pytest.approx(0.05 + 0.01 + 0.01)

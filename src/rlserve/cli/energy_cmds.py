@@ -18,7 +18,7 @@ from rlserve.errors import ConfigError
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
 app.add_typer(energy_app, name="energy")
 
-BASELINES = ("static", "clipper", "eais")
+BASELINES = ("static", "clipper", "eais", "slack")
 #: Evaluation seeds start at 0; the static grid search uses these instead, so it is not tuned on the test set.
 GRID_SEED_BASE = 500_000
 
@@ -85,7 +85,9 @@ def evaluate_energy_cmd(
     scenario: ScenariosOpt = None,
     seeds: Annotated[int, typer.Option(help="Held-out workload seeds 0..N-1 per scenario.")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number here.")] = None,
-    plots: Annotated[Path | None, typer.Option(help="Directory for clock/cap/power plots (seed 0).")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for clock/cap/power plots (seed 0) and the "
+                                               "Pareto view (energy vs P99 TTFT/TPOT/SLO, static frontier).")]
+    = None,
     grid: Annotated[bool, typer.Option(help="Add the best static pair from a grid search (on other seeds).")]
     = True,
     grid_seeds: Annotated[int, typer.Option(help="Seeds for the grid search.")] = 2,
@@ -93,7 +95,8 @@ def evaluate_energy_cmd(
     interval_s: Annotated[float | None, typer.Option(help="Control interval in seconds (default: the "
                                                      "checkpoint's training interval, else 1 s).")] = None,
 ) -> None:
-    """DQN vs static max clock, Clipper, EAIS and the best static pair: energy per token, SLO, tail latency."""
+    """DQN vs static max clock, Clipper, EAIS, the SLO-slack controller and the best static pair: energy per token,
+    SLO, tail latency, clock changes (switching cost charged as the scenario says)."""
     from rlserve.envs.energy_eval import (
         as_json,
         default_grid_caps,
@@ -134,9 +137,30 @@ def evaluate_energy_cmd(
             path = plot_control_traces({k: r.runs[0].trace for k, r in results.items()},
                                        plots / f"{scn.name}_seed0.png", title=f"{scn.name}, seed 0")
             console.print(f"plot: {path}")
+            console.print(f"plot: {_pareto(scn, space, interval_s, seeds, results, plots)}")
     if json_out is not None:
         write_json(json_out, report)
         console.print(f"wrote {json_out}")
+
+
+def _pareto(scn: Any, space: Any, interval_s: float, seeds: int, results: dict[str, Any], plots: Path) -> Path:
+    """Every static clock (uncapped) on the evaluation seeds, then the Pareto plot against the controllers."""
+    from rlserve.envs.energy_eval import evaluate_controllers
+    from rlserve.report.energy_plots import plot_pareto
+
+    cap = scn.cluster.replicas[0].max_num_seqs
+    specs = [f"static:{cap}@{f:g}" for f in space.sm_clocks_mhz]
+    with _progress() as progress:
+        task = progress.add_task(f"{scn.name} static frontier", total=len(specs) * seeds)
+        grid = evaluate_controllers(specs, scn, range(seeds), action_space=space, interval_s=interval_s,
+                                    on_run=lambda *_: progress.advance(task))
+
+    def means(res: Any) -> dict[str, float]:
+        return {k: v["mean"] for k, v in res.aggregate().items()}
+
+    return plot_pareto({("dqn" if k.startswith("dqn:") else k): means(r) for k, r in results.items()},
+                       {k: means(r) for k, r in grid.items()}, plots / f"{scn.name}_pareto.png",
+                       title=f"{scn.name}: energy per token vs latency ({seeds} seeds)")
 
 
 def _scenario(name: str) -> Any:
@@ -195,7 +219,8 @@ def _print_table(title: str, results: dict[str, Any], savings: dict[str, Any]) -
 def run_cmd(
     url: Annotated[str, typer.Option(help="Base URL of the rlserve proxy in front of the vLLM server.")],
     gpu_ids: Annotated[str, typer.Option(help="NVML indices of the replica's GPUs, e.g. 0 or 0,1.")],
-    controller: Annotated[str | None, typer.Option(help="static, clipper, eais, static:CAP@MHZ.")] = None,
+    controller: Annotated[str | None, typer.Option(help="static, clipper, eais, slack, static:CAP@MHZ; any with "
+                                                 "+dwell=S+hyst=MHZ.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="policy.pt of a trained DQN.")] = None,
     scenario: Annotated[str, typer.Option(help="Scenario giving the SLO, GPU and model of the server.")]
     = "energy_steady",

@@ -193,7 +193,8 @@ class EnergyEnv(gym.Env[np.ndarray, np.int64]):
         cluster = scenario.cluster
         # training workload seeds come from [2**20, 2**31): evaluation seeds below 2**20 are never trained on
         workload = scale_load(scenario.build_workload(int(rng.integers(TRAIN_WORKLOAD_SEED_MIN, 2**31))), factor)
-        self._server = ControlledServer(cluster, workload, scenario.slo, interval_s=cfg.interval_s)
+        self._server = ControlledServer(cluster, workload, scenario.slo, interval_s=cfg.interval_s,
+                                        transition=scenario.clock_transition)
         self._state = EnergyStateBuilder(cfg.state, scenario.slo, self.action_space_def)
         self._episode = {"energy_j": 0.0, "tokens": 0.0, "misses": 0.0, "clock": 0.0, "cap": 0.0, "steps": 0.0,
                          "load_scale": factor}

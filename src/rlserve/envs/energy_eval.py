@@ -25,7 +25,8 @@ from rlserve.sim import build_perf_model
 
 #: What each run reports (keys of :func:`run_metrics`), in table order.
 METRICS = ("energy_per_token_j", "energy_per_output_token_j", "slo_attainment", "ttft_p99_s", "tpot_p99_s",
-           "e2e_p99_s", "mean_sm_clock_mhz", "mean_concurrency_cap", "output_tokens_per_s")
+           "e2e_p99_s", "mean_sm_clock_mhz", "mean_concurrency_cap", "output_tokens_per_s",
+           "clock_changes_per_min", "cap_changes_per_min", "transition_time_frac")
 
 
 def control_context(scenario: Scenario, action_space: ActionSpace, interval_s: float = 1.0) -> ControlContext:
@@ -48,6 +49,7 @@ def run_metrics(run: ControlRun) -> dict[str, float]:
         "mean_sm_clock_mhz": run.trace.time_weighted_mean("sm_clock_mhz"),
         "mean_concurrency_cap": run.trace.time_weighted_mean("concurrency_cap"),
         "output_tokens_per_s": s.output_token_throughput_per_s,
+        **run.switching(),
     }
 
 
@@ -93,7 +95,7 @@ def evaluate_controllers(specs: Sequence[str], scenario: Scenario, seeds: Sequen
         for seed in seeds:
             controller = make_controller(spec, control_context(scenario, action_space, interval_s), seed=seed)
             run = run_controller(controller, scenario.cluster, workloads[seed], scenario.slo,
-                                 interval_s=interval_s, seed=seed)
+                                 interval_s=interval_s, seed=seed, transition=scenario.clock_transition)
             metrics = run_metrics(run)
             res.per_seed.append(metrics)
             if keep_runs:
@@ -118,37 +120,116 @@ def savings_vs(results: Mapping[str, ControllerResult], baseline: str, metric: s
 
 @dataclass
 class GridSearchResult:
-    """The best static pair and the whole table (one row per pair, mean over seeds)."""
+    """The best spec of a search and the whole table (one row per spec tried, mean over seeds)."""
 
-    best: str  # a static controller spec, ``static:CAP@MHZ``
+    best: str  # a controller spec, e.g. ``static:CAP@MHZ``
     slo_target: float
     table: list[dict[str, Any]]
 
 
+def _row(spec: str, res: ControllerResult) -> dict[str, Any]:
+    agg = res.aggregate()
+    return {"controller": spec, "energy_per_token_j": agg["energy_per_token_j"]["mean"],
+            "slo_attainment_mean": agg["slo_attainment"]["mean"],
+            "slo_attainment_min": min(r["slo_attainment"] for r in res.per_seed),
+            "ttft_p99_s": agg["ttft_p99_s"]["mean"], "tpot_p99_s": agg["tpot_p99_s"]["mean"]}
+
+
+def pick_best(table: Sequence[dict[str, Any]], slo_target: float = 0.99) -> str:
+    """The row with the lowest mean energy per token whose attainment on *every* seed meets ``slo_target``; if
+    none does, the one closest to it (a baseline must exist even then)."""
+    feasible = [row for row in table if row["slo_attainment_min"] >= slo_target]
+    if not feasible:
+        return str(max(table, key=lambda row: (row["slo_attainment_min"], -row["energy_per_token_j"]))["controller"])
+    return str(min(feasible, key=lambda row: row["energy_per_token_j"])["controller"])
+
+
+def search_specs(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int], *, action_space: ActionSpace,
+                 slo_target: float = 0.99, interval_s: float = 1.0,
+                 on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
+    """Run every spec on every seed and pick the best (:func:`pick_best`): tuning any baseline's parameters.
+
+    Search on seeds other than the evaluation seeds, or the tuned baseline is tuned on the test set.
+    """
+    results = evaluate_controllers(specs, scenario, seeds, action_space=action_space, interval_s=interval_s,
+                                   on_run=on_run)
+    table = [_row(spec, res) for spec, res in results.items()]
+    return GridSearchResult(pick_best(table, slo_target), slo_target, table)
+
+
 def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequence[int],
                        clocks_mhz: Sequence[float], slo_target: float = 0.99, interval_s: float = 1.0,
-                       action_space: ActionSpace | None = None) -> GridSearchResult:
+                       action_space: ActionSpace | None = None, prune: bool = True,
+                       on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
     """The static (cap, clock) with the lowest mean energy per token whose SLO attainment on *every* seed meets
     ``slo_target`` (the best a fixed setting can do, chosen with hindsight on these seeds).
 
-    Search on seeds other than the evaluation seeds, or the "best static" baseline is tuned on the test set.
+    With ``prune`` (default) each cap's clocks are not all run: attainment only falls as the clock does, so a
+    bisection finds the lowest clock that meets the target (about log2 of the clocks), and the search then
+    walks up from it while energy per token keeps falling (energy is U-shaped in the clock, so the cheapest
+    feasible clock is the lowest one or just above it). ``prune=False`` runs the whole grid. ``on_run(spec, seed,
+    metrics)`` reports progress. Independent (cap, clock) cells are what a parallel runner fans out
+    (:func:`search_specs` on subsets, then :func:`pick_best` on the union).
     """
     space = action_space or ActionSpace(tuple(sorted(set(caps))), tuple(sorted(set(clocks_mhz))))
-    specs = [f"static:{c}@{f:g}" for c in caps for f in clocks_mhz]
-    results = evaluate_controllers(specs, scenario, seeds, action_space=space, interval_s=interval_s)
-    table: list[dict[str, Any]] = []
-    for spec, res in results.items():
-        agg = res.aggregate()
-        worst = min(r["slo_attainment"] for r in res.per_seed)
-        table.append({"controller": spec, "energy_per_token_j": agg["energy_per_token_j"]["mean"],
-                      "slo_attainment_mean": agg["slo_attainment"]["mean"], "slo_attainment_min": worst})
-    feasible = [row for row in table if row["slo_attainment_min"] >= slo_target]
-    if not feasible:
-        # nothing meets the target: the pair closest to it (a baseline must exist even then)
-        best = max(table, key=lambda row: (row["slo_attainment_min"], -row["energy_per_token_j"]))
-    else:
-        best = min(feasible, key=lambda row: row["energy_per_token_j"])
-    return GridSearchResult(str(best["controller"]), slo_target, table)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(cap: int, f: float) -> dict[str, Any]:
+        spec = f"static:{cap}@{f:g}"
+        if spec not in rows:
+            rows[spec] = search_specs([spec], scenario, seeds, action_space=space, slo_target=slo_target,
+                                      interval_s=interval_s, on_run=on_run).table[0]
+        return rows[spec]
+
+    clocks = sorted(set(clocks_mhz))
+    for cap in caps:
+        if not prune:
+            for f in clocks:
+                row(cap, f)
+            continue
+        lo, hi = 0, len(clocks) - 1  # invariant: clocks[hi] is feasible (or it is the max clock)
+        if row(cap, clocks[hi])["slo_attainment_min"] < slo_target:
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if row(cap, clocks[mid])["slo_attainment_min"] >= slo_target:
+                hi = mid
+            else:
+                lo = mid + 1
+        k = hi
+        while k + 1 < len(clocks) and row(cap, clocks[k + 1])["energy_per_token_j"] < row(cap, clocks[k])[
+                "energy_per_token_j"]:
+            k += 1
+    table = list(rows.values())
+    return GridSearchResult(pick_best(table, slo_target), slo_target, table)
+
+
+def best_static_global(tables: Mapping[str, Sequence[dict[str, Any]]], slo_target: float = 0.99) -> str:
+    """One static pair for every scenario: among the pairs searched in all of them and meeting ``slo_target`` on
+    every seed of every scenario, the lowest mean (over scenarios) energy per token; if none, the pair whose
+    worst attainment is highest."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for table in tables.values():
+        for row in table:
+            rows.setdefault(row["controller"], []).append(row)
+    common = {spec: rs for spec, rs in rows.items() if len(rs) == len(tables)}
+    if not common:
+        raise ConfigError("no static pair was searched in every scenario")
+    merged = [{"controller": spec, "energy_per_token_j": sum(r["energy_per_token_j"] for r in rs) / len(rs),
+               "slo_attainment_min": min(r["slo_attainment_min"] for r in rs)} for spec, rs in common.items()]
+    return pick_best(merged, slo_target)
+
+
+def lowest_feasible_clock(table: Sequence[dict[str, Any]], cap: int, slo_target: float = 0.99) -> float | None:
+    """The lowest clock of ``static:CAP@MHZ`` rows meeting ``slo_target`` on every seed (None: none does)."""
+    clocks = [float(r["controller"].rpartition("@")[2]) for r in table
+              if r["controller"].startswith(f"static:{cap}@") and r["slo_attainment_min"] >= slo_target]
+    return min(clocks) if clocks else None
+
+
+#: The SLO-slack controller's tuning grid (LOW,HIGH,UP_STEPS,CALM_S): hysteresis band, raise step and dwell.
+SLACK_GRID = tuple(f"slack:{lo:g},{hi:g},{up},{calm:g}" for lo, hi in ((0.5, 0.8), (0.6, 0.9))
+                   for up, calm in ((2, 2.0), (3, 1.0)))
 
 
 def default_grid_caps(action_space: ActionSpace, scenario: Scenario) -> list[int]:

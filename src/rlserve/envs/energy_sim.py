@@ -8,6 +8,10 @@ SLO misses are counted once per request, as soon as they are certain: when a req
 TTFT (or E2E) SLO without its first token (or without finishing), or when it finishes outside any threshold.
 Counting at the moment of certainty, not only at completion, puts the penalty next to the decisions that
 caused it.
+
+A clock change costs what the scenario's :class:`~rlserve.sim.clock_transition.ClockTransition` says: the old
+clock holds for ``latency_s`` after the decision, then the engine stalls ``stall_s`` (at idle power, plus
+``energy_j``). A latency beyond the interval is cut to the interval (the change lands before the next decision).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from rlserve.errors import ConfigError
 from rlserve.metrics import Slo, Summary
 from rlserve.policies.energy.base import EnergyController, EnergyDecision
 from rlserve.sim import ClusterConfig, ClusterSimulator, SimResult
+from rlserve.sim.clock_transition import FREE_TRANSITION, ClockTransition
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Workload
 
@@ -32,7 +37,7 @@ class ControlledServer:
     """A one-replica simulation that applies a (cap, clock) decision and then advances one control interval."""
 
     def __init__(self, cluster: ClusterConfig, workload: Workload, slo: Slo, *, interval_s: float = 1.0,
-                 queue_k: int = DEFAULT_QUEUE_K) -> None:
+                 queue_k: int = DEFAULT_QUEUE_K, transition: ClockTransition = FREE_TRANSITION) -> None:
         if len(cluster.replicas) != 1:
             raise ConfigError(f"an energy scenario controls one server; this cluster has {len(cluster.replicas)} "
                               "replicas (give one replica in cluster.replicas)")
@@ -45,6 +50,11 @@ class ControlledServer:
         self.queue_k = queue_k
         self.sim = ClusterSimulator(cluster, workload)
         self.max_num_seqs = cluster.replicas[0].max_num_seqs
+        self.transition = transition
+        self._target_mhz = float(self.sim.replicas[0].perf.sm_clock_mhz)  # the clock last asked for
+        self._pending_mhz: float | None = None
+        self.clock_changes = 0  # decisions that changed the clock
+        self.transition_s = 0.0  # time spent in transition (latency + stall per change)
         self._dispatched = 0
         self._settled = np.zeros(len(workload), bool)  # finished or already counted as a miss
         self._missed = np.zeros(len(workload), bool)
@@ -84,18 +94,39 @@ class ControlledServer:
         """Set cap and clock for the next interval (the cap is clipped to ``max_num_seqs``); returns what was set."""
         cap = max(1, min(int(decision.concurrency_cap), self.max_num_seqs))
         self.sim.set_concurrency_cap(0, cap)
-        self.sim.set_sm_clock(0, decision.sm_clock_mhz)
+        mhz = float(decision.sm_clock_mhz)
+        if mhz != self._target_mhz:
+            self.clock_changes += 1
+            self.transition_s += min(self.transition.latency_s, self.interval_s) + self.transition.stall_s
+            self._target_mhz = mhz
+            if self.transition.free:
+                self.sim.set_sm_clock(0, mhz)
+            else:
+                self._pending_mhz = mhz
         return EnergyDecision(cap, decision.sm_clock_mhz)
+
+    def _dispatch_before(self, t: float) -> int:
+        """Dispatch every arrival before ``t``; returns how many."""
+        until = int(np.searchsorted(self.workload.arrival_s, t, side="left"))
+        n = max(0, until - self._dispatched)
+        for _ in range(self._dispatched, until):
+            self.sim.dispatch(0)
+        self._dispatched = max(self._dispatched, until)
+        return n
 
     def step(self) -> tuple[ClusterSnapshot, IntervalOutcome]:
         """Dispatch the interval's arrivals, advance to its end; return the new snapshot and what happened."""
         sim = self.sim
         t_end = sim.now + self.interval_s
-        until = int(np.searchsorted(self.workload.arrival_s, t_end, side="left"))
-        arrivals = max(0, until - self._dispatched)
-        for _ in range(self._dispatched, until):
-            sim.dispatch(0)
-        self._dispatched = max(self._dispatched, until)
+        arrivals = 0
+        if self._pending_mhz is not None:  # the old clock holds until the switch, then the engine stalls
+            t_switch = min(sim.now + self.transition.latency_s, t_end)
+            arrivals += self._dispatch_before(t_switch)
+            sim.advance_to(t_switch)
+            sim.set_sm_clock(0, self._pending_mhz)
+            sim.stall(0, self.transition.stall_s, self.transition.energy_j)
+            self._pending_mhz = None
+        arrivals += self._dispatch_before(t_end)
         sim.advance_to(t_end)
         snap = self.snapshot()
         r = snap.replicas[0]
@@ -186,15 +217,33 @@ class ControlRun:
     controller: str
     summary: Summary
     trace: ControlTrace
+    clock_changes: int = 0
+    transition_s: float = 0.0
+
+    @property
+    def controlled_s(self) -> float:
+        """Simulated time under control (intervals run)."""
+        t = self.trace.time_s
+        return float(t[-1]) if t else 0.0
+
+    def switching(self) -> dict[str, float]:
+        """Clock and cap changes per minute and the fraction of the run spent in clock transitions."""
+        minutes = max(self.controlled_s, 1e-9) / 60.0
+        caps = self.trace.concurrency_cap
+        cap_changes = sum(1 for a, b in zip(caps, caps[1:], strict=False) if a != b)
+        return {"clock_changes_per_min": self.clock_changes / minutes, "cap_changes_per_min": cap_changes / minutes,
+                "transition_time_frac": self.transition_s / max(self.controlled_s, 1e-9)}
 
 
 def run_controller(controller: EnergyController, cluster: ClusterConfig, workload: Workload, slo: Slo, *,
-                   interval_s: float = 1.0, seed: int | None = None, max_drain_s: float = 3600.0) -> ControlRun:
+                   interval_s: float = 1.0, seed: int | None = None, max_drain_s: float = 3600.0,
+                   transition: ClockTransition = FREE_TRANSITION) -> ControlRun:
     """Run ``controller`` every ``interval_s`` over the whole workload and until the server drains.
 
-    The summary's energy covers the run from the first arrival to the last completion (idle time included).
+    The summary's energy covers the run from the first arrival to the last completion (idle time included);
+    ``transition`` is what each clock change costs (a scenario's ``clock_transition``).
     """
-    server = ControlledServer(cluster, workload, slo, interval_s=interval_s)
+    server = ControlledServer(cluster, workload, slo, interval_s=interval_s, transition=transition)
     controller.reset(seed)
     trace = ControlTrace.empty()
     snap = server.snapshot()
@@ -204,4 +253,5 @@ def run_controller(controller: EnergyController, cluster: ClusterConfig, workloa
         snap, outcome = server.step()
         trace.add(snap.time_s, applied, outcome, snap)
     result = server.finish()
-    return ControlRun(getattr(controller, "name", type(controller).__name__), result.summary(slo), trace)
+    return ControlRun(getattr(controller, "name", type(controller).__name__), result.summary(slo), trace,
+                      server.clock_changes, server.transition_s)

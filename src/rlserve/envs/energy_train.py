@@ -131,7 +131,8 @@ class Validator:
         space = build_action_space(scn, self.env)
         controller = make_controller(spec, control_context(scn, space, self.env.interval_s), seed=seed)
         return run_metrics(run_controller(controller, scn.cluster, scn.build_workload(seed), scn.slo,
-                                            interval_s=self.env.interval_s, seed=seed))
+                                            interval_s=self.env.interval_s, seed=seed,
+                                            transition=scn.clock_transition))
 
     def __call__(self, policy: Path) -> float:
         """The score of the policy file ``policy`` (higher is better)."""

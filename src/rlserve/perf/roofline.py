@@ -63,7 +63,8 @@ class ReplicaPerfModel:
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int = 1, sm_clock_mhz: float | None = None, *,
                  iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
-                 per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S) -> None:
+                 per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S,
+                 power_split: fq.PowerSplit | None = None) -> None:
         tp = _positive_int(tp, "tensor parallel degree", ConfigError)
         if model.num_heads % tp:
             raise ConfigError(f"{model.name}: {model.num_heads} attention heads cannot be split over tp={tp}; "
@@ -78,6 +79,7 @@ class ReplicaPerfModel:
         self.tp = tp
         self.iteration_overhead_s = float(iteration_overhead_s)
         self.per_seq_overhead_s = float(per_seq_overhead_s)
+        self.power_split = power_split or fq.POWER_SPLITS["default"]
         self.idle_power_w = gpu.idle_power_w * tp
         self.max_power_w = gpu.max_power_w * tp
         self._init_work()
@@ -118,7 +120,7 @@ class ReplicaPerfModel:
         g, cal, tp = self.gpu, self.gpu.calibration, self.tp
         x = self._clock / g.sm_clock_max_mhz
         xc = min(x, fq.sustained_compute_fraction(g))
-        mem_scale = fq.mem_bandwidth_scale(x)
+        mem_scale = fq.mem_bandwidth_scale(x, self.power_split.mem_knee)
         bw = g.mem_bandwidth_gbps * 1e9 * mem_scale
         r_lin = g.peak_tflops * 1e12 * cal.eff_compute_linear * xc
         r_att = g.peak_tflops * 1e12 * cal.eff_compute_attn * xc
@@ -127,7 +129,7 @@ class ReplicaPerfModel:
         self._x, self._xc = x, xc
         self._pa0, self._pa1 = g.idle_power_w * tp, (cal.awake_power_w - g.idle_power_w) * tp
         self._pc1 = fq.dyn_compute_power_max_w(g) * tp
-        share = fq.MEM_POWER_FIXED_SHARE
+        share = self.power_split.mem_power_fixed_share
         self._pm0 = cal.dyn_mem_power_w * share * mem_scale * tp
         self._pm1 = cal.dyn_mem_power_w * (1.0 - share) * tp
         self._p_at_x = self._powers(fq.clock_power_factor(x))  # memory-bound parts run at the set clock

@@ -40,9 +40,11 @@ def build_perf_model(cfg: ReplicaConfig) -> PerfModel:
     from pathlib import Path
 
     from rlserve.perf import ReplicaPerfModel, get_gpu, get_model, load_hf_config
+    from rlserve.perf.frequency import get_power_split
 
     model = load_hf_config(cfg.model) if Path(cfg.model).suffix == ".json" else get_model(cfg.model)
-    return ReplicaPerfModel(get_gpu(cfg.gpu), model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz)
+    return ReplicaPerfModel(get_gpu(cfg.gpu), model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz,
+                            power_split=get_power_split(cfg.power_split))
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,13 @@ class ClusterSimulator:
         rep = self.replicas[replica]
         rep.advance_to(self.now)
         rep.set_sm_clock(mhz, self.now)
+
+    def stall(self, replica: int, duration_s: float, energy_j: float = 0.0) -> None:
+        """Pause ``replica``'s engine for ``duration_s`` from its next iteration boundary, at idle power plus
+        ``energy_j`` (the cost of a clock transition, :mod:`rlserve.sim.clock_transition`)."""
+        rep = self.replicas[replica]
+        rep.advance_to(self.now)
+        rep.stall(duration_s, energy_j, self.now)
 
     def set_concurrency_cap(self, replica: int, cap: int) -> None:
         """Admission cap of ``replica`` from its next scheduling decision on."""

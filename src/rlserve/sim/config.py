@@ -36,6 +36,7 @@ class ReplicaConfig:
     enable_prefix_caching: bool = False  # vLLM V1 turns it on by default; prefix scenarios set it
     concurrency_cap: int | None = None  # admission cap (energy controller); None = max_num_seqs
     max_model_len: int = 16384
+    power_split: str = "default"  # rlserve.perf.frequency.POWER_SPLITS: how decode power follows the SM clock
 
     def __post_init__(self) -> None:
         positive = ("tp", "max_num_seqs", "block_size", "max_model_len")

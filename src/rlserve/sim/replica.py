@@ -159,6 +159,8 @@ class Replica:
         self.first_tokens = 0
         self.assigned = 0
         self.rejected = 0
+        self.stall_s = 0.0  # pending engine stall (clock transition), booked at the next iteration boundary
+        self.stall_energy_j = 0.0
 
     def fork(self, table: RequestTable) -> Replica:
         """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
@@ -194,6 +196,13 @@ class Replica:
     def set_sm_clock(self, mhz: float, now: float) -> None:
         """New SM clock for iterations that start after ``now``."""
         self.perf.set_sm_clock(mhz)
+        self._interrupt(now)
+
+    def stall(self, duration_s: float, energy_j: float, now: float) -> None:
+        """Pause the engine for ``duration_s`` from the first iteration boundary after ``now`` (a clock
+        transition), at idle power plus ``energy_j``."""
+        self.stall_s += duration_s
+        self.stall_energy_j += energy_j
         self._interrupt(now)
 
     def set_concurrency_cap(self, cap: int, now: float) -> None:
@@ -486,6 +495,12 @@ class Replica:
     # ------------------------------------------------------------------ scheduling
     def _plan(self, now: float) -> None:
         """Decide the next iteration (or decode run) starting at ``now``; idle if there is nothing to do."""
+        if self.stall_s > 0 or self.stall_energy_j > 0:  # an iteration that computes nothing
+            dt, self.stall_s = self.stall_s, 0.0
+            self.cur_start, self.cur_k, self.cur_chunks = now, 0, []
+            self.busy_until, self.cur_energy = now + dt, self.perf.idle_power_w * dt + self.stall_energy_j
+            self.stall_energy_j = 0.0
+            return
         if self.prefill_priority:
             chunks = self._plan_prefill_priority(now) if self.waiting else None
         else:

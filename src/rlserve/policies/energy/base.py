@@ -89,13 +89,20 @@ def register_controller(name: str) -> Callable[[ControllerFactory], ControllerFa
 
 def make_controller(spec: str, context: ControlContext, *, seed: int | None = None,
                     **params: Any) -> EnergyController:
-    """Build a controller from ``NAME`` or ``NAME:ARG`` (``static:16@1200``, ``dqn:PATH``).
+    """Build a controller from ``NAME`` or ``NAME:ARG`` (``static:16@1200``, ``dqn:PATH``), optionally followed by
+    ``+dwell=S``, ``+hyst=MHZ``, ``+up=dwell`` (minimum dwell / hysteresis on the clock: :mod:`.dwell`).
 
     Raises:
         ConfigError: the name is unknown (the message lists the known ones) or its argument is malformed.
     """
     import rlserve.policies.energy  # noqa: F401  (registers the built-in controllers)
+    from rlserve.policies.energy.dwell import with_dwell
 
+    spec, *options = spec.split("+")
+    if options:
+        wrapped = with_dwell(make_controller(spec, context, seed=seed, **params), options)
+        wrapped.reset(seed)
+        return wrapped
     name, _, arg = spec.partition(":")
     if name not in ENERGY_CONTROLLERS:
         raise ConfigError(f"unknown energy controller {spec!r}; choose one of: {', '.join(sorted(ENERGY_CONTROLLERS))}")
