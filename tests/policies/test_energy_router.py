@@ -22,7 +22,7 @@ def test_prefers_the_efficient_gpu_and_spills_over_when_it_is_busy() -> None:
     router.reset(0)
     req = Request(0, 0.0, 1000, 200)
     # per token, the H100 replica costs fewer dynamic joules than the A40 one
-    assert router.marginal_energy_j(1, 0, req) < router.marginal_energy_j(0, 0, req)
+    assert router.marginal_energy_j(1, 0, req, 200) < router.marginal_energy_j(0, 0, req, 200)
     w = Workload.from_arrays(np.array([0.0]), np.array([1000]), np.array([200]))
     sim = ClusterSimulator(CLUSTER, w)
     snap = sim.snapshot()

@@ -12,9 +12,10 @@ most ``max_waiting`` requests not yet admitted (a full KV cache queues and preem
 prefill-backlog estimate sees). When no replica qualifies it falls back to the least expected
 latency. ``energy_weight`` blends in latency (0: pure latency, the least-expected-latency router).
 
-It uses only what a proxy knows: each replica's GPU and model (the operator configured them), its queue state
-and the request's prompt length and declared output length (``max_tokens`` in a real proxy; the simulator's
-request carries the true length, as for :class:`~rlserve.policies.routers.LeastExpectedLatencyRouter`).
+It uses only what a proxy knows: each replica's GPU and model (the operator configured them), its queue state,
+the request's prompt length and its expected output: the cluster's observed mean output capped by the declared
+``max_tokens`` (:func:`~rlserve.policies.routers.expected_output_tokens`, as
+:class:`~rlserve.policies.routers.LeastExpectedLatencyRouter` does), never the true length.
 Not registered by name: it needs the cluster configuration (``EnergyAwareRouter(cluster, slo)``).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from rlserve.metrics import Slo
 from rlserve.policies.base import fair_argmin
-from rlserve.policies.routers import LeastExpectedLatencyRouter, _Seeded
+from rlserve.policies.routers import LeastExpectedLatencyRouter, _Seeded, expected_output_tokens
 from rlserve.sim import ClusterConfig, build_perf_model
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Request
@@ -62,16 +63,18 @@ class EnergyAwareRouter(_Seeded):
             c = self._decode[i][batch] = (t, e0 + e1 * s - p.idle_power_w * t)
         return c
 
-    def marginal_energy_j(self, i: int, batch: int, request: Request) -> float:
-        """Dynamic joules replica ``i`` spends because of ``request`` joining a decode batch of ``batch``."""
+    def marginal_energy_j(self, i: int, batch: int, request: Request, output_tokens: float) -> float:
+        """Dynamic joules replica ``i`` spends because of ``request`` (``output_tokens`` expected) joining a decode
+        batch of ``batch``."""
         _, e_with = self._decode_step(i, batch + 1)
         _, e_without = self._decode_step(i, batch) if batch else (0.0, 0.0)
-        return request.prompt_tokens * self._prefill[i] + request.output_tokens * (e_with - e_without)
+        return request.prompt_tokens * self._prefill[i] + output_tokens * (e_with - e_without)
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
         """The cheapest feasible replica; the least expected latency if none is feasible."""
         ttft_s = (self.slo.ttft_s or 2.0) * self.ttft_budget
-        latency = [LeastExpectedLatencyRouter.estimate_s(r, request) for r in snapshot.replicas]
+        output = expected_output_tokens(request, snapshot)
+        latency = [LeastExpectedLatencyRouter.estimate_s(r, request, output) for r in snapshot.replicas]
         scores, feasible = [], []
         for i, r in enumerate(snapshot.replicas):
             batch = min(r.num_running + r.num_waiting, self.max_seqs[i] - 1)
@@ -80,7 +83,7 @@ class EnergyAwareRouter(_Seeded):
             ok = (wait_s <= ttft_s and (self.slo.tpot_s is None or step_s <= self.slo.tpot_s)
                   and r.kv_usage <= self.kv_limit and r.num_waiting <= self.max_waiting)
             feasible.append(ok)
-            scores.append(self.energy_weight * self.marginal_energy_j(i, batch, request)
+            scores.append(self.energy_weight * self.marginal_energy_j(i, batch, request, output)
                           + (1.0 - self.energy_weight) * latency[i])
         if not any(feasible):
             return fair_argmin(latency, self.rng)
