@@ -28,12 +28,13 @@ import yaml
 
 from rlserve.errors import ConfigError, InputError
 from rlserve.metrics import Slo
+from rlserve.perf.config import PerfConfig
 from rlserve.sim.config import ClusterConfig
 from rlserve.workload import WorkloadConfig, build_workload
 from rlserve.workload.request import Workload
 
 SCENARIO_DIR = Path(__file__).parent / "configs" / "scenarios"
-_KEYS = {"name", "description", "cluster", "workload", "slo"}
+_KEYS = {"name", "description", "cluster", "workload", "slo", "perf"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     except ConfigError as exc:
         raise ConfigError(f"{where}: slo: {exc}") from exc
     try:
-        cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster")
+        perf = PerfConfig.from_dict(doc.get("perf"), where=f"{where}: perf", base_dir=base_dir)
+        cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster", base_dir=base_dir, perf=perf)
     except TypeError as exc:
         raise ConfigError(f"{where}: cluster: {exc}") from exc
     workload = WorkloadConfig.from_dict(doc["workload"], where=f"{where}: workload", base_dir=Path(base_dir))

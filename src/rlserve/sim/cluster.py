@@ -39,9 +39,11 @@ def build_perf_model(cfg: ReplicaConfig) -> PerfModel:
     from pathlib import Path
 
     from rlserve.perf import ReplicaPerfModel, get_gpu, get_model, load_hf_config
+    from rlserve.perf.config import apply_knobs
 
     model = load_hf_config(cfg.model) if Path(cfg.model).suffix == ".json" else get_model(cfg.model)
-    return ReplicaPerfModel(get_gpu(cfg.gpu), model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz)
+    gpu, engine = apply_knobs(get_gpu(cfg.gpu), cfg.perf)
+    return ReplicaPerfModel(gpu, model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz, **engine)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class SimResult:
     replica_stats: tuple[ReplicaStats, ...]
     duration_s: float
     rejected: int
+    itl_runs: tuple[tuple[float, float, int, int], ...] = ()  # (first gap, increment, steps, tokens per step)
 
     @property
     def energy_j(self) -> float:
@@ -82,7 +85,16 @@ class SimResult:
             "mean_utilization": float(np.mean([r.utilization for r in self.replica_stats])),
         }
         return summarize(self.records, slo or Slo(), num_replicas=len(self.replica_stats),
-                         energy_j=self.energy_j, percentiles=percentiles, extra=extra)
+                         energy_j=self.energy_j, percentiles=percentiles, extra=extra, itl=self.itl())
+
+    def itl(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every per-token inter-token gap of the run: (gap seconds, number of tokens with that gap)."""
+        if not self.itl_runs:
+            return np.zeros(0), np.zeros(0)
+        runs = np.asarray(self.itl_runs, dtype=np.float64)
+        steps = runs[:, 2].astype(np.int64)
+        j = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps) - steps, steps)
+        return np.repeat(runs[:, 0], steps) + np.repeat(runs[:, 1], steps) * j, np.repeat(runs[:, 3], steps)
 
 
 class ClusterSimulator:
@@ -205,10 +217,13 @@ class ClusterSimulator:
         """Per-request outcomes so far (NaN where not yet known)."""
         t = self.table
         w = self.workload
+        replica = np.asarray(t.replica, np.int64)
+        # time outside the engine (HTTP, tokenisation, streaming back) delays what the client sees
+        frontend = np.array([getattr(r.perf, "frontend_latency_s", 0.0) for r in self.replicas] + [0.0])[replica]
         return RequestRecords(
             arrival_s=w.arrival_s, prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
-            replica=np.asarray(t.replica, np.int64), first_scheduled_s=np.asarray(t.first_sched),
-            first_token_s=np.asarray(t.first_token), finish_s=np.asarray(t.finish),
+            replica=replica, first_scheduled_s=np.asarray(t.first_sched),
+            first_token_s=np.asarray(t.first_token) + frontend, finish_s=np.asarray(t.finish) + frontend,
             preemptions=np.asarray(t.preemptions, np.int64), energy_j=np.asarray(t.energy))
 
     def finish(self) -> SimResult:
@@ -232,7 +247,8 @@ class ClusterSimulator:
                 mean_kv_usage=r.kv_block_seconds / duration / r.total_blocks, kv_blocks_total=r.total_blocks))
         self.now = end
         return SimResult(records=records, replica_stats=tuple(stats), duration_s=end - start,
-                         rejected=sum(r.rejected for r in self.replicas))
+                         rejected=sum(r.rejected for r in self.replicas),
+                         itl_runs=tuple(run for r in self.replicas for run in r.itl_runs))
 
 
 def simulate(cluster: ClusterConfig, workload: Workload, router: Router, *, seed: int = 0,

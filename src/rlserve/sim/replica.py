@@ -152,6 +152,10 @@ class Replica:
         self.first_tokens = 0
         self.assigned = 0
         self.rejected = 0
+        # per-token inter-token latency, kept as runs: (first step s, increment per step s, steps, tokens per step)
+        self.itl_runs: list[tuple[float, float, int, int]] = []
+        self.itl_stall = 0.0  # prefill-only time since the decode group last stepped (prefill_priority)
+        self.itl_stalled = 0  # decode-group members that waited through that stall
 
     def fork(self, table: RequestTable) -> Replica:
         """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
@@ -286,6 +290,7 @@ class Replica:
         chunks = self.cur_chunks
         if k:
             B = self.B
+            self._record_itl(k, dur)
             chunk_tokens = sum([n for _, n in chunks]) if chunks else 0
             dec_energy = energy * B / (B + chunk_tokens) if chunk_tokens else energy
             self.used += self._crossings(k)
@@ -306,11 +311,40 @@ class Replica:
             if chunks:
                 self._complete_chunks(end, chunks, energy - dec_energy)
         else:
+            if self.B:  # decoding requests wait through a prefill-only iteration: their next token is late
+                self.itl_stall += dur
+                self.itl_stalled = self.B
             self._complete_chunks(end, chunks, energy)
         self.kv_block_seconds += (used_before + self.used) * 0.5 * dur
         self.cur_chunks = []
         self.cur_k = 0
         self.busy_until = INF
+
+    def _record_itl(self, k: int, dur: float) -> None:
+        """Inter-token gaps of the ``k`` decode steps that just ended (O(1): one run entry, plus the stall).
+
+        Step ``j`` of a decode run takes ``t0 + t1 (S + j B)``; a mixed iteration's decodes wait its whole
+        duration. Members that waited through prefill-only iterations get the stall added to their first gap
+        (all waiters are charged the whole stall: exact when one prefill iteration interrupted the group).
+        """
+        B = self.B
+        if self.cur_chunks:
+            d0, inc = dur, 0.0
+        else:
+            t0, t1, _, _ = self.cur_coeffs
+            d0, inc = t0 + t1 * self.S, t1 * B
+        runs = self.itl_runs
+        if self.itl_stalled:
+            waited = min(self.itl_stalled, B)
+            runs.append((d0 + self.itl_stall, 0.0, 1, waited))
+            if B > waited:
+                runs.append((d0, 0.0, 1, B - waited))
+            if k > 1:
+                runs.append((d0 + inc, inc, k - 1, B))
+            self.itl_stall = 0.0
+            self.itl_stalled = 0
+        else:
+            runs.append((d0, inc, k, B))
 
     def _complete_chunks(self, end: float, chunks: list[tuple[int, int]], energy: float) -> None:
         """Prefill chunks done: a request whose prompt is complete samples a token and joins the decode group."""

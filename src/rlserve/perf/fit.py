@@ -1,0 +1,116 @@
+"""Fit perf-model knobs to measured iteration times by (robust, log-space) least squares.
+
+Observations are of two kinds, both predicted by the very :class:`ReplicaPerfModel` the simulator uses:
+
+- a lone prefill of ``n`` tokens seen by a client: ``frontend_latency_s + step_cost([(n, 0)], 0, 0)``;
+- a decode iteration of batch ``B`` over context sum ``S``: ``step_cost([], B, S)`` (= ``t0(B) + t1 S``).
+
+The knobs are found with :func:`scipy.optimize.least_squares` over their logarithms (all are positive), on
+log-ratio residuals (relative error, so a 10 ms and a 100 ms point count alike) with a soft-L1 loss (a shared
+machine's stray slow request does not drag the fit). A CPU server is described by a nominal device
+(:data:`CPU_DEVICE`: 1 TFLOP/s, 20 GB/s) whose efficiencies the fit then expresses as fractions of those
+nominal rates; energy figures of such a calibration mean nothing and are not fitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from rlserve.errors import InputError
+from rlserve.perf.config import DEVICE_FIELDS, ENGINE_KNOBS, KNOBS
+from rlserve.perf.gpus import GpuSpec
+from rlserve.perf.models import ModelSpec
+from rlserve.perf.roofline import ReplicaPerfModel
+
+CPU_DEVICE: dict[str, Any] = {"name": "cpu", "peak_tflops": 1.0, "mem_bandwidth_gbps": 20.0}
+# On a nominal CPU device, memory efficiencies are 1 (the nominal bandwidth is the achieved one) and there are
+# no per-layer kernel-launch gaps (folded into the per-iteration overhead).
+CPU_FIXED: dict[str, float] = {"eff_mem_linear": 1.0, "eff_mem_attn": 1.0, "eff_mem_elementwise": 1.0,
+                               "layer_overhead_s": 0.0}
+FIT_KNOBS: tuple[str, ...] = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s",
+                              "eff_compute_linear", "eff_compute_attn", "eff_compute_attn_decode")
+_START = {"iteration_overhead_s": 2e-3, "per_seq_overhead_s": 5e-5, "frontend_latency_s": 2e-3,
+          "eff_compute_linear": 0.1, "eff_compute_attn": 0.1, "eff_compute_attn_decode": 0.1,
+          "eff_compute_linear_decode": 0.1, "eff_mem_attn": 0.5, "eff_mem_linear": 0.5, "layer_overhead_s": 2e-5}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Fitted knobs, the fixed ones, and the fit error per term (relative, signed median and abs median)."""
+
+    knobs: dict[str, float]
+    fixed: dict[str, float]
+    terms: dict[str, dict[str, float]]  # term -> {"n", "median_err", "median_abs_err", "max_abs_err"}
+    median_abs_err: float
+    device: dict[str, Any] | None
+
+    def table(self) -> str:
+        """Plain-text table of the per-term errors and the fitted values (what ``rlserve calibrate`` prints)."""
+        lines = [f"{'term':<28} {'n':>3} {'median err':>11} {'|err| median':>13} {'|err| max':>10}"]
+        for name, t in self.terms.items():
+            lines.append(f"{name:<28} {t['n']:>3.0f} {t['median_err']:>+11.1%} {t['median_abs_err']:>13.1%} "
+                         f"{t['max_abs_err']:>10.1%}")
+        lines.append(f"all points: median |err| {self.median_abs_err:.1%}")
+        lines += [f"  {k} = {v:.6g}" for k, v in self.knobs.items()]
+        return "\n".join(lines)
+
+
+def perf_model(gpu: GpuSpec, model: ModelSpec, tp: int, knobs: Mapping[str, float],
+               device: Mapping[str, Any] | None = None) -> ReplicaPerfModel:
+    """The perf model with ``knobs`` (calibration fields and engine overheads) and ``device`` fields applied."""
+    if device:
+        gpu = dataclasses.replace(gpu, **{k: DEVICE_FIELDS[k](v) for k, v in device.items()})
+    cal = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
+    gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, **cal))
+    return ReplicaPerfModel(gpu, model, tp=tp, **{k: v for k, v in knobs.items() if k in ENGINE_KNOBS})
+
+
+def predict(perf: ReplicaPerfModel, prefills: Sequence[tuple[int, float]],
+            decodes: Sequence[tuple[int, float, float]]) -> np.ndarray:
+    """Modelled values of the observations, prefills first (client TTFT), then decodes (step seconds)."""
+    pre = [perf.frontend_latency_s + perf.step_cost([(int(n), 0)], 0, 0)[0] for n, _ in prefills]
+    dec = [perf.step_cost([], int(b), s)[0] for b, s, _ in decodes]  # type: ignore[arg-type]
+    return np.asarray(pre + dec, dtype=np.float64)
+
+
+def fit_knobs(prefills: Sequence[tuple[int, float]], decodes: Sequence[tuple[int, float, float]], gpu: GpuSpec,
+              model: ModelSpec, *, tp: int = 1, device: Mapping[str, Any] | None = None,
+              fit: Sequence[str] = FIT_KNOBS, fixed: Mapping[str, float] | None = None) -> FitResult:
+    """Least-squares fit of the ``fit`` knobs to prefill ``(tokens, ttft_s)`` and decode
+    ``(batch, context_sum, step_s)`` observations, the ``fixed`` knobs held (see the module docstring).
+
+    Raises:
+        InputError: too few observations for the knobs, or non-positive times.
+    """
+    fixed = dict(fixed or {})
+    obs = np.array([t for _, t in prefills] + [t for _, _, t in decodes], dtype=np.float64)
+    if len(obs) < len(fit) + 2:
+        raise InputError(f"{len(obs)} observations cannot fit {len(fit)} knobs; measure more points")
+    if not np.all(obs > 0):
+        raise InputError("every observed time must be > 0 seconds")
+    lo = np.array([max(KNOBS[k][0][0], 1e-9) for k in fit])
+    hi = np.array([KNOBS[k][0][1] for k in fit])
+    x0 = np.log(np.clip([_START.get(k, 0.1) for k in fit], lo * 1.01, hi * 0.99))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        perf = perf_model(gpu, model, tp, {**fixed, **dict(zip(fit, np.exp(x), strict=True))}, device)
+        return np.log(predict(perf, prefills, decodes) / obs)
+
+    sol = least_squares(residuals, x0, bounds=(np.log(lo), np.log(hi)), loss="soft_l1", f_scale=0.1,
+                        diff_step=1e-3)
+    knobs = {k: float(v) for k, v in zip(fit, np.exp(sol.x), strict=True)}
+    err = np.exp(residuals(sol.x)) - 1.0  # relative error of the model against each observation
+    names = [f"prefill {n} tok" for n, _ in prefills] + [f"decode B={b}" for b, _, _ in decodes]
+    terms: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(names):
+        e = err[[i for i, n in enumerate(names) if n == name]]
+        terms[name] = {"n": float(len(e)), "median_err": float(np.median(e)),
+                       "median_abs_err": float(np.median(np.abs(e))), "max_abs_err": float(np.max(np.abs(e)))}
+    return FitResult(knobs={**fixed, **knobs}, fixed=fixed, terms=terms,
+                     median_abs_err=float(np.median(np.abs(err))), device=dict(device) if device else None)
