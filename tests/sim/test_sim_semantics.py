@@ -128,6 +128,28 @@ def test_multi_step_jumps_equal_single_steps(seed: int, batching: str, kv_blocks
     np.testing.assert_array_equal(fast.records.preemptions, slow.records.preemptions)
     np.testing.assert_array_equal(fast.records.replica, slow.records.replica)
     assert fast.energy_j == pytest.approx(slow.energy_j, rel=1e-9)
+    gaps_fast, gaps_slow = (_expanded_itl(r) for r in (fast, slow))
+    np.testing.assert_allclose(gaps_fast, gaps_slow, rtol=1e-9, atol=1e-12)
+
+
+def _expanded_itl(result) -> np.ndarray:
+    gaps, weights = result.itl()
+    return np.sort(np.repeat(gaps, weights.astype(np.int64)))
+
+
+@pytest.mark.parametrize("batching", ["prefill_priority", "chunked"])
+def test_itl_gaps_add_up_to_each_requests_decode_time(batching: str) -> None:
+    """Without preemptions, every token after the first has exactly one gap: the gaps of a run sum to the time
+    between first and last token summed over requests, and there is one gap per such token."""
+    w = random_workload(np.random.default_rng(3), 200, qps=40.0)
+    res = run(cluster(2, batching=batching, max_num_seqs=32, max_num_batched_tokens=2048), w, kv_blocks=100_000)
+    assert res.records.preemptions.sum() == 0
+    gaps, weights = res.itl()
+    rec = res.records
+    assert weights.sum() == (rec.output_tokens - 1).sum()
+    assert float(np.dot(gaps, weights)) == pytest.approx(float(np.sum(rec.finish_s - rec.first_token_s)), rel=1e-9)
+    summary = res.summary()
+    assert summary.itl_s is not None and summary.itl_s["p99"] >= summary.itl_s["p50"] > 0
 
 
 @settings(max_examples=20, deadline=None)

@@ -13,12 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from rlserve.bench.fidelity import WorkloadSpec, make_stream, real_side, run_real, saturation_rate, simulate_stream
 from rlserve.bench.profile import Profile, ProfileDesign, profile_server
 from rlserve.errors import ConfigError
 from rlserve.perf import get_gpu, get_model, load_hf_config
 from rlserve.perf.config import write_calibration
-from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FitResult, fit_knobs
+from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FitResult, fit_knobs, perf_model
 from rlserve.perf.models import ModelSpec
+from rlserve.perf.roofline import ReplicaPerfModel
+from rlserve.sim import ReplicaConfig
 
 
 @dataclass(frozen=True)
@@ -79,3 +84,61 @@ def calibrate_server(url: str, model: ModelSpec, *, gpu: str | None = None, tp: 
     except ValueError:  # InputError: too few observations
         fit = None
     return Calibration(profile, fit)
+
+
+# The calibration request streams: a wide length mix at a moderate and a busy rate (fractions of the saturation
+# throughput the lone-point fit predicts). Held-out evaluations must use other streams.
+CALIBRATION_STREAMS = (
+    WorkloadSpec("calib_moderate", 60, prompt=(16, 1024), output=(8, 160), load=0.4),
+    WorkloadSpec("calib_busy", 60, prompt=(16, 1024), output=(8, 160), load=0.75),
+)
+STREAM_QUANTILES = (25.0, 50.0, 75.0, 90.0)
+
+
+def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSpec, *, gpu: str | None = None,
+                        tp: int = 1, specs: tuple[WorkloadSpec, ...] = CALIBRATION_STREAMS, seed: int = 0,
+                        progress: Callable[[str], None] | None = None) -> Calibration:
+    """Second stage: replay calibration request streams against the server and refit the knobs so that the
+    simulator reproduces their TTFT and E2E quartiles as well as the lone points (simulation in the loop).
+
+    Under load a real engine shares its CPU or GPU with effects the lone points do not show (a frontend busy
+    streaming other requests, mixed prefill/decode iterations); fitting to whole streams folds them into the
+    knobs. ``replica`` describes the server to the simulator (its ``perf`` is ignored).
+    """
+    if cal.fit is None:
+        raise ConfigError("refine_with_streams needs a lone-point fit first")
+    base_gpu = get_gpu(gpu or "h100-sxm")
+    device = None if gpu else CPU_DEVICE
+    first = perf_model(base_gpu, model, tp, cal.fit.knobs, device)
+    measured = []
+    for i, spec in enumerate(specs):
+        rate = spec.load * saturation_rate([replica], spec, perf_models=[first])
+        stream = make_stream(spec, rate, seed=seed + 1000 + i)
+        start, traces = run_real(cal.profile.url, cal.profile.model, stream)
+        real, sent = real_side(start, traces)
+        ttft = np.array([t.first_token_s - t.send_s for t in traces])
+        e2e = np.array([t.finish_s - t.send_s for t in traces])
+        measured.append((spec.name, stream, sent, np.percentile(ttft, STREAM_QUANTILES),
+                         np.percentile(e2e, STREAM_QUANTILES)))
+        if progress is not None:
+            progress(f"calibration stream {spec.name}: {spec.num_requests} requests at {rate:.2f} req/s, "
+                     f"TTFT p50 {1e3 * real.values['ttft']['p50']:.1f} ms, "
+                     f"E2E p50 {1e3 * real.values['e2e']['p50']:.0f} ms")
+
+    def extra(perf: ReplicaPerfModel) -> tuple[list[str], np.ndarray]:
+        names: list[str] = []
+        rel: list[np.ndarray] = []
+        for name, stream, sent, ttft_q, e2e_q in measured:
+            rec = simulate_stream([replica], stream, sent, perf_models=[perf]).records
+            rel.append(np.percentile(rec.ttft_s, STREAM_QUANTILES) / ttft_q - 1.0)
+            rel.append(np.percentile(rec.e2e_s, STREAM_QUANTILES) / e2e_q - 1.0)
+            names += [f"{name} ttft p{q:g}" for q in STREAM_QUANTILES] + [f"{name} e2e p{q:g}" for q in
+                                                                          STREAM_QUANTILES]
+        return names, np.concatenate(rel)
+
+    p = cal.profile
+    fixed = CPU_FIXED if gpu is None else {}
+    fit = fit_knobs([(x.tokens, x.ttft_s) for x in p.prefills], [(d.batch, d.context_sum, d.step_s) for d in p.decodes],
+                    base_gpu, model, tp=tp, device=device, fixed=fixed,
+                    start={k: v for k, v in cal.fit.knobs.items() if k not in fixed}, extra=extra)
+    return Calibration(p, fit)

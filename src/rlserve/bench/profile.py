@@ -228,7 +228,7 @@ async def profile_server(url: str, model: str | None = None, design: ProfileDesi
                             prof.decodes.append(DecodePoint(b, c, step[1], step[0], step[2]))
                         tick(f"decode B={b} context {c}: "
                              + (f"{1e3 * step[0]:.2f} ms/step" if step else "rejected (short or bursty stream)"))
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise BackendError(f"{url}: a request took longer than {design.request_timeout_s:g} s; is the server "
                            "overloaded? raise --request-timeout-s") from None
     except aiohttp.ClientError as exc:
@@ -237,3 +237,58 @@ async def profile_server(url: str, model: str | None = None, design: ProfileDesi
     # every design point measured (rejected ones were measured; a fit needs most of them, checked by the caller)
     prof.complete = not prof.missing and len(prof.decodes) >= len(prof.rejected) and bool(prof.prefills)
     return prof
+
+
+@dataclass(frozen=True)
+class StreamTrace:
+    """One replayed request as the client saw it: send time and (arrival time, tokens) per chunk, monotonic s."""
+
+    send_s: float
+    chunks: tuple[tuple[float, int], ...]
+
+    @property
+    def first_token_s(self) -> float:
+        """When the first token arrived."""
+        return self.chunks[0][0]
+
+    @property
+    def finish_s(self) -> float:
+        """When the last token arrived."""
+        return self.chunks[-1][0]
+
+    def token_gaps(self) -> list[float]:
+        """Per-token inter-token gaps: a chunk of ``n`` tokens after a gap ``g`` counts as ``n`` gaps of ``g/n``
+        (vLLM packs tokens generated between two sends into one chunk; this spreads them evenly)."""
+        gaps: list[float] = []
+        first_n = self.chunks[0][1]
+        gaps += [0.0] * (first_n - 1)  # tokens delivered with the first: no cadence is observable
+        for (t0, _), (t1, n) in zip(self.chunks, self.chunks[1:], strict=False):
+            gaps += [(t1 - t0) / n] * n
+        return gaps
+
+
+async def replay(url: str, model: str, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int],
+                 arrival_s: Sequence[float], request_timeout_s: float = 120.0) -> tuple[float, list[StreamTrace]]:
+    """Send token-id prompts at ``arrival_s`` (seconds from the start, as ``rlserve bench`` replays a trace) and
+    record every streamed chunk with its token count. Returns (start, traces).
+
+    Raises:
+        BackendError: any request fails (a fidelity measurement with failed requests means nothing).
+    """
+    url = url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        start = time.monotonic()
+        tasks = []
+        for prompt, m, at in zip(prompts, max_tokens, arrival_s, strict=True):
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_stream(session, url, model, list(prompt), int(m))))
+        try:
+            results = await asyncio.gather(*tasks)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            for task in tasks:
+                task.cancel()
+            raise BackendError(f"{url}: replay failed ({type(exc).__name__}: {exc})") from None
+    return start, [StreamTrace(sent, tuple(chunks)) for sent, chunks in results]

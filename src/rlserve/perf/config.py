@@ -90,7 +90,8 @@ class PerfConfig:
         if isinstance(d, PerfConfig):
             return d
         if not isinstance(d, Mapping):
-            raise ConfigError(f"{where} must be a mapping of perf-model knobs; allowed: calibration, {', '.join(KNOBS)}")
+            raise ConfigError(f"{where} must be a mapping of perf-model knobs; allowed: calibration, "
+                              f"{', '.join(KNOBS)}")
         unknown = set(d) - set(KNOBS) - {"calibration"}
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: calibration, {', '.join(KNOBS)}")

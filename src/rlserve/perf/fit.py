@@ -8,14 +8,14 @@ Observations are of two kinds, both predicted by the very :class:`ReplicaPerfMod
 The knobs are found with :func:`scipy.optimize.least_squares` over their logarithms (all are positive), on
 log-ratio residuals (relative error, so a 10 ms and a 100 ms point count alike) with a soft-L1 loss (a shared
 machine's stray slow request does not drag the fit). A CPU server is described by a nominal device
-(:data:`CPU_DEVICE`: 1 TFLOP/s, 20 GB/s) whose efficiencies the fit then expresses as fractions of those
-nominal rates; energy figures of such a calibration mean nothing and are not fitted.
+(:data:`CPU_DEVICE`: 10 TFLOP/s, 500 GB/s, above any one core) whose efficiencies the fit then expresses as
+fractions of those nominal rates; energy figures of such a calibration mean nothing and are not fitted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from rlserve.perf.gpus import GpuSpec
 from rlserve.perf.models import ModelSpec
 from rlserve.perf.roofline import ReplicaPerfModel
 
-CPU_DEVICE: dict[str, Any] = {"name": "cpu", "peak_tflops": 1.0, "mem_bandwidth_gbps": 20.0}
+CPU_DEVICE: dict[str, Any] = {"name": "cpu", "peak_tflops": 10.0, "mem_bandwidth_gbps": 500.0}
 # On a nominal CPU device, memory efficiencies are 1 (the nominal bandwidth is the achieved one) and there are
 # no per-layer kernel-launch gaps (folded into the per-iteration overhead).
 CPU_FIXED: dict[str, float] = {"eff_mem_linear": 1.0, "eff_mem_attn": 1.0, "eff_mem_elementwise": 1.0,
@@ -81,9 +81,15 @@ def predict(perf: ReplicaPerfModel, prefills: Sequence[tuple[int, float]],
 
 def fit_knobs(prefills: Sequence[tuple[int, float]], decodes: Sequence[tuple[int, float, float]], gpu: GpuSpec,
               model: ModelSpec, *, tp: int = 1, device: Mapping[str, Any] | None = None,
-              fit: Sequence[str] = FIT_KNOBS, fixed: Mapping[str, float] | None = None) -> FitResult:
+              fit: Sequence[str] = FIT_KNOBS, fixed: Mapping[str, float] | None = None,
+              start: Mapping[str, float] | None = None,
+              extra: Callable[[ReplicaPerfModel], tuple[list[str], np.ndarray]] | None = None) -> FitResult:
     """Least-squares fit of the ``fit`` knobs to prefill ``(tokens, ttft_s)`` and decode
     ``(batch, context_sum, step_s)`` observations, the ``fixed`` knobs held (see the module docstring).
+
+    ``start`` gives starting values; ``extra(perf)`` adds named relative errors ``sim / real - 1`` of other
+    observations (e.g. latency percentiles of request streams run through the simulator with ``perf``), fitted
+    in log space like the rest.
 
     Raises:
         InputError: too few observations for the knobs, or non-positive times.
@@ -96,17 +102,34 @@ def fit_knobs(prefills: Sequence[tuple[int, float]], decodes: Sequence[tuple[int
         raise InputError("every observed time must be > 0 seconds")
     lo = np.array([max(KNOBS[k][0][0], 1e-9) for k in fit])
     hi = np.array([KNOBS[k][0][1] for k in fit])
-    x0 = np.log(np.clip([_START.get(k, 0.1) for k in fit], lo * 1.01, hi * 0.99))
+    # Several starts (efficiencies spread over three decades) for the cheap lone-point fit: the roofline's
+    # max() makes the loss piecewise and a single start can stop in the wrong piece. With ``extra`` (a
+    # simulation per evaluation) only the given start.
+    firsts = [{**_START, **(start or {})}]
+    if extra is None:
+        firsts += [{**_START, **{k: e for k in fit if k.startswith("eff_")}} for e in (0.003, 0.03, 0.3)]
+    extra_names: list[str] = []
 
     def residuals(x: np.ndarray) -> np.ndarray:
+        nonlocal extra_names
         perf = perf_model(gpu, model, tp, {**fixed, **dict(zip(fit, np.exp(x), strict=True))}, device)
-        return np.log(predict(perf, prefills, decodes) / obs)
+        r = np.log(predict(perf, prefills, decodes) / obs)
+        if extra is None:
+            return r
+        extra_names, rel = extra(perf)
+        return np.concatenate([r, np.log1p(np.maximum(rel, -0.99))])
 
-    sol = least_squares(residuals, x0, bounds=(np.log(lo), np.log(hi)), loss="soft_l1", f_scale=0.1,
-                        diff_step=1e-3)
+    sol = None
+    for first in firsts:
+        x0 = np.log(np.clip([first.get(k, 0.1) for k in fit], lo * 1.01, hi * 0.99))
+        trial = least_squares(residuals, x0, bounds=(np.log(lo), np.log(hi)), loss="soft_l1", f_scale=0.1,
+                              diff_step=1e-3)
+        if sol is None or trial.cost < sol.cost:
+            sol = trial
+    assert sol is not None
     knobs = {k: float(v) for k, v in zip(fit, np.exp(sol.x), strict=True)}
     err = np.exp(residuals(sol.x)) - 1.0  # relative error of the model against each observation
-    names = [f"prefill {n} tok" for n, _ in prefills] + [f"decode B={b}" for b, _, _ in decodes]
+    names = [f"prefill {n} tok" for n, _ in prefills] + [f"decode B={b}" for b, _, _ in decodes] + extra_names
     terms: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(names):
         e = err[[i for i, n in enumerate(names) if n == name]]

@@ -155,7 +155,7 @@ class Replica:
         # per-token inter-token latency, kept as runs: (first step s, increment per step s, steps, tokens per step)
         self.itl_runs: list[tuple[float, float, int, int]] = []
         self.itl_stall = 0.0  # prefill-only time since the decode group last stepped (prefill_priority)
-        self.itl_stalled = 0  # decode-group members that waited through that stall
+        self.itl_cohorts: list[tuple[int, float]] = []  # (members, stall when they joined) since then
 
     def fork(self, table: RequestTable) -> Replica:
         """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
@@ -311,21 +311,26 @@ class Replica:
             if chunks:
                 self._complete_chunks(end, chunks, energy - dec_energy)
         else:
-            if self.B:  # decoding requests wait through a prefill-only iteration: their next token is late
+            waiting = self.B
+            if waiting:  # decoding requests wait through a prefill-only iteration: their next token is late
+                if not self.itl_cohorts:
+                    self.itl_cohorts.append((waiting, 0.0))
                 self.itl_stall += dur
-                self.itl_stalled = self.B
             self._complete_chunks(end, chunks, energy)
+            if self.itl_cohorts and self.B > waiting:  # joined now: they wait only through later stalls
+                self.itl_cohorts.append((self.B - waiting, self.itl_stall))
         self.kv_block_seconds += (used_before + self.used) * 0.5 * dur
         self.cur_chunks = []
         self.cur_k = 0
         self.busy_until = INF
 
     def _record_itl(self, k: int, dur: float) -> None:
-        """Inter-token gaps of the ``k`` decode steps that just ended (O(1): one run entry, plus the stall).
+        """Inter-token gaps of the ``k`` decode steps that just ended (O(1): one run entry, plus the stalls).
 
         Step ``j`` of a decode run takes ``t0 + t1 (S + j B)``; a mixed iteration's decodes wait its whole
-        duration. Members that waited through prefill-only iterations get the stall added to their first gap
-        (all waiters are charged the whole stall: exact when one prefill iteration interrupted the group).
+        duration. Members that waited through prefill-only iterations get the part of the stall after they
+        joined added to their first gap (by cohort; a preemption between the stall and the step shrinks the
+        newest cohorts first, which is approximate: its victim may have come from any cohort).
         """
         B = self.B
         if self.cur_chunks:
@@ -334,15 +339,19 @@ class Replica:
             t0, t1, _, _ = self.cur_coeffs
             d0, inc = t0 + t1 * self.S, t1 * B
         runs = self.itl_runs
-        if self.itl_stalled:
-            waited = min(self.itl_stalled, B)
-            runs.append((d0 + self.itl_stall, 0.0, 1, waited))
-            if B > waited:
-                runs.append((d0, 0.0, 1, B - waited))
+        if self.itl_cohorts:
+            left = B
+            for members, joined_at in self.itl_cohorts:
+                n = min(members, left)
+                if n:
+                    runs.append((d0 + self.itl_stall - joined_at, 0.0, 1, n))
+                left -= n
+            if left:  # joined by the step itself (mixed iteration): no stall
+                runs.append((d0, 0.0, 1, left))
             if k > 1:
                 runs.append((d0 + inc, inc, k - 1, B))
             self.itl_stall = 0.0
-            self.itl_stalled = 0
+            self.itl_cohorts = []
         else:
             runs.append((d0, inc, k, B))
 
