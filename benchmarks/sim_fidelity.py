@@ -40,6 +40,7 @@ from rlserve.bench.fidelity import (
     WorkloadSpec,
     fresh_tokens,
     make_stream,
+    measure_capacity,
     real_side,
     relative_errors,
     replica_config,
@@ -103,6 +104,9 @@ def main() -> int:
     ap.add_argument("--servers", default="tiny,large")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pin", action="store_true",
+                    help="pin each server (its API server and engine process together) to its own core; the two "
+                         "processes then time-slice that one core")
     ap.add_argument("--lone-points-only", action="store_true",
                     help="calibrate on lone prefills and decode batches only (no calibration streams)")
     args = ap.parse_args()
@@ -110,24 +114,22 @@ def main() -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="rlserve-fidelity-"))
     names = [n for n in args.servers.split(",") if n]
     cpus = sorted(os.sched_getaffinity(0))
-    servers: dict[str, VllmServer] = {}
     t_start = time.monotonic()
-    report: dict[str, dict] = {"workloads": {}, "calibration": {}}
-    try:
-        for name in names:
-            preset, max_len, blocks, _ = SERVERS[name]
-            model = make_model(work / "models" / name, preset, venv=venv)
-            servers[name] = VllmServer(model, max_num_seqs=16, max_model_len=max_len, num_gpu_blocks_override=blocks,
-                                       extra_args=["--max-num-batched-tokens", str(BATCHED_TOKENS)],
-                                       work_dir=work / f"server-{name}", venv=venv).start()
-        for i, (name, server) in enumerate(servers.items()):
+    report: dict[str, dict] = {"workloads": {}, "calibration": {}, "load_average": {}}
+    for i, name in enumerate(names):
+        preset, max_len, blocks, contexts = SERVERS[name]
+        model = make_model(work / "models" / name, preset, venv=venv)
+        server = VllmServer(model, max_num_seqs=16, max_model_len=max_len, num_gpu_blocks_override=blocks,
+                            extra_args=["--max-num-batched-tokens", str(BATCHED_TOKENS)],
+                            work_dir=work / f"server-{name}", venv=venv).start()
+        try:
             server.wait_ready()
-            if len(cpus) >= len(servers):
+            where = "unpinned"
+            if args.pin and len(cpus) > i:
                 pin(server, cpus[i])
-            print(f"[{time.monotonic() - t_start:5.0f}s] {name} ready in {server.startup_s:.0f}s "
-                  f"(pinned to cpu {cpus[i] if len(cpus) >= len(servers) else 'none'})", flush=True)
-        for name, server in servers.items():
-            preset, max_len, _, contexts = SERVERS[name]
+                where = f"pinned to cpu {cpus[i]}"
+            print(f"[{time.monotonic() - t_start:5.0f}s] {name} ready in {server.startup_s:.0f}s ({where}); "
+                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
             design = ProfileDesign(decode_contexts=contexts, decode_tokens=64, prefill_repeats=3, decode_repeats=3,
                                    max_model_len=max_len, budget_s=args.calib_budget_s,
                                    prefill_sizes=tuple(s for s in (16, 64, 128, 256, 512, 768, 1024, 1536)
@@ -154,7 +156,9 @@ def main() -> int:
                                            "terms": cal.fit.terms}
             replica = dataclasses.replace(replica, perf=PerfConfig(calibration=str(path)))
             for spec in WORKLOADS[name]:
-                rate = spec.load * saturation_rate([replica], spec)
+                capacity = measure_capacity(server.url, server.model_name, spec, seed=7)[0]
+                sim_capacity = saturation_rate([replica], spec)
+                rate = spec.load * capacity
                 base = make_stream(spec, rate, seed=1)
                 errs, reals, sims = [], [], []
                 for r in range(args.repeats):
@@ -171,19 +175,22 @@ def main() -> int:
                 row = {k: {"mean": float(np.mean([e[k] for e in errs])), "min": float(min(e[k] for e in errs)),
                            "max": float(max(e[k] for e in errs)),
                            "noise": float(np.mean(noise[k])) if noise[k] else float("nan")} for k in errs[0]}
-                report["workloads"][f"{name}/{spec.name}"] = {"rate": rate, "errors": row, "sim_preemptions": sims,
+                report["workloads"][f"{name}/{spec.name}"] = {"rate": rate, "capacity_real": capacity,
+                                                              "capacity_sim": sim_capacity,
+                                                              "errors": row, "sim_preemptions": sims,
                                                               "real_p50": {m: reals[0].values[m]["p50"]
                                                                            for m in METRICS}}
                 print(f"[{time.monotonic() - t_start:5.0f}s] {name}/{spec.name}: {spec.num_requests} requests at "
-                      f"{rate:.2f} req/s ({spec.load:.0%} of simulated saturation), {args.repeats} repeats, "
-                      f"sim preemptions {sims}", flush=True)
+                      f"{rate:.2f} req/s ({spec.load:.0%} of the measured saturation {capacity:.2f} req/s; "
+                      f"simulated saturation {sim_capacity:.2f}), {args.repeats} repeats, sim preemptions {sims}",
+                      flush=True)
                 for m in METRICS:
                     cells = "  ".join(f"{p} {fmt(row[f'{m}_{p}']['mean'])} [{fmt(row[f'{m}_{p}']['min'])}.."
                                       f"{fmt(row[f'{m}_{p}']['max'])}] noise {row[f'{m}_{p}']['noise']:.1%}"
                                       for p in PCTS)
                     print(f"     {m:<5} real p50 {1e3 * reals[0].values[m]['p50']:8.1f} ms | {cells}", flush=True)
-    finally:
-        for server in servers.values():
+            report["load_average"][name] = os.getloadavg()[0]
+        finally:
             server.stop()
     rows = report["workloads"].values()
     summary = {}

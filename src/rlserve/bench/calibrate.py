@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from rlserve.bench.fidelity import WorkloadSpec, make_stream, real_side, run_real, saturation_rate, simulate_stream
+from rlserve.bench.fidelity import WorkloadSpec, make_stream, measure_capacity, real_side, run_real, simulate_stream
 from rlserve.bench.profile import Profile, ProfileDesign, profile_server
 from rlserve.errors import ConfigError
 from rlserve.perf import get_gpu, get_model, load_hf_config
 from rlserve.perf.config import write_calibration
-from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FitResult, fit_knobs, perf_model
+from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FIT_KNOBS_STREAMS, FitResult, fit_knobs
 from rlserve.perf.models import ModelSpec
 from rlserve.perf.roofline import ReplicaPerfModel
 from rlserve.sim import ReplicaConfig
@@ -86,8 +86,9 @@ def calibrate_server(url: str, model: ModelSpec, *, gpu: str | None = None, tp: 
     return Calibration(profile, fit)
 
 
-# The calibration request streams: a wide length mix at a moderate and a busy rate (fractions of the saturation
-# throughput the lone-point fit predicts). Held-out evaluations must use other streams.
+# The calibration request streams: one wide length mix sent all at once (the server's saturation throughput), then
+# at a moderate and a busy fraction of that measured throughput. Held-out evaluations must use other streams.
+CALIBRATION_MIX = WorkloadSpec("calib_saturation", 60, prompt=(16, 1024), output=(8, 160), load=1.0)
 CALIBRATION_STREAMS = (
     WorkloadSpec("calib_moderate", 60, prompt=(16, 1024), output=(8, 160), load=0.4),
     WorkloadSpec("calib_busy", 60, prompt=(16, 1024), output=(8, 160), load=0.75),
@@ -109,19 +110,22 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
         raise ConfigError("refine_with_streams needs a lone-point fit first")
     base_gpu = get_gpu(gpu or "h100-sxm")
     device = None if gpu else CPU_DEVICE
-    first = perf_model(base_gpu, model, tp, cal.fit.knobs, device)
-    measured = []
+    url, served = cal.profile.url, cal.profile.model
+    capacity, burst, burst_start, burst_traces = measure_capacity(url, served, CALIBRATION_MIX, seed + 999)
+    runs = [(CALIBRATION_MIX, burst, burst_start, burst_traces)]
     for i, spec in enumerate(specs):
-        rate = spec.load * saturation_rate([replica], spec, perf_models=[first])
-        stream = make_stream(spec, rate, seed=seed + 1000 + i)
-        start, traces = run_real(cal.profile.url, cal.profile.model, stream)
+        stream = make_stream(spec, spec.load * capacity, seed=seed + 1000 + i)
+        runs.append((spec, stream, *run_real(url, served, stream)))
+    measured = []
+    for spec, stream, start, traces in runs:
         real, sent = real_side(start, traces)
         ttft = np.array([t.first_token_s - t.send_s for t in traces])
         e2e = np.array([t.finish_s - t.send_s for t in traces])
         measured.append((spec.name, stream, sent, np.percentile(ttft, STREAM_QUANTILES),
                          np.percentile(e2e, STREAM_QUANTILES)))
         if progress is not None:
-            progress(f"calibration stream {spec.name}: {spec.num_requests} requests at {rate:.2f} req/s, "
+            rate = "all at once" if spec is CALIBRATION_MIX else f"at {stream.rate:.2f} req/s"
+            progress(f"calibration stream {spec.name}: {spec.num_requests} requests {rate}, "
                      f"TTFT p50 {1e3 * real.values['ttft']['p50']:.1f} ms, "
                      f"E2E p50 {1e3 * real.values['e2e']['p50']:.0f} ms")
 
@@ -139,6 +143,6 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
     p = cal.profile
     fixed = CPU_FIXED if gpu is None else {}
     fit = fit_knobs([(x.tokens, x.ttft_s) for x in p.prefills], [(d.batch, d.context_sum, d.step_s) for d in p.decodes],
-                    base_gpu, model, tp=tp, device=device, fixed=fixed,
+                    base_gpu, model, tp=tp, device=device, fixed=fixed, fit=FIT_KNOBS_STREAMS,
                     start={k: v for k, v in cal.fit.knobs.items() if k not in fixed}, extra=extra)
     return Calibration(p, fit)

@@ -37,7 +37,7 @@ class WorkloadSpec:
     num_requests: int
     prompt: tuple[int, int]
     output: tuple[int, int]
-    load: float  # fraction of the calibrated simulator's saturation throughput
+    load: float  # fraction of the saturation throughput (the real server's, measured, in the benchmarks)
     burstiness: float = 1.0
     num_prefixes: int = 0
     prefix_tokens: int = 0
@@ -133,6 +133,16 @@ def sim_side(result: SimResult) -> Side:
 def relative_errors(sim: Side, real: Side) -> dict[str, float]:
     """``(sim - real) / real`` per metric and percentile, keys like ``ttft_p50``."""
     return {f"{m}_{p}": (sim.values[m][p] - real.values[m][p]) / real.values[m][p] for m in METRICS for p in PCTS}
+
+
+def measure_capacity(url: str, model: str, spec: WorkloadSpec, seed: int) -> tuple[float, Stream, float,
+                                                                                   list[StreamTrace]]:
+    """Requests/s the real server completes when every request of ``spec`` arrives at once (its saturation
+    throughput for this mix); also returns the stream and the replay (a calibration stream of its own)."""
+    stream = make_stream(spec, 1.0, seed)
+    stream.arrival_s = np.zeros(spec.num_requests)
+    start, traces = run_real(url, model, stream)
+    return spec.num_requests / (max(t.finish_s for t in traces) - start), stream, start, traces
 
 
 def run_real(url: str, model: str, stream: Stream) -> tuple[float, list[StreamTrace]]:

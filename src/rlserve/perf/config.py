@@ -39,6 +39,8 @@ KNOBS: dict[str, tuple[tuple[float, float], str]] = {
     "per_seq_overhead_s": (_SECONDS, "the same per sequence in the batch"),
     "frontend_latency_s": (_SECONDS, "time outside the engine per request (HTTP, tokenise, stream); added to "
                                      "TTFT and E2E, occupies no engine time"),
+    "frontend_per_inflight_s": (_SECONDS, "more of that time per request already in flight at the replica "
+                                          "when the request arrives (a frontend busy streaming other requests)"),
     "layer_overhead_s": (_SECONDS, "per layer and iteration: kernel launch gaps and tails"),
     "allreduce_latency_s": (_SECONDS, "per tensor-parallel all-reduce call"),
     "allreduce_bandwidth_gbps": ((1e-6, 1e6), "achieved all-reduce bandwidth per GPU and direction, GB/s"),
@@ -51,7 +53,8 @@ KNOBS: dict[str, tuple[tuple[float, float], str]] = {
     "eff_mem_elementwise": (_EFFICIENCY, "memory-bandwidth efficiency of elementwise kernels"),
 }
 DEVICE_FIELDS = {"name": str, "peak_tflops": float, "mem_bandwidth_gbps": float, "memory_bytes": int}
-ENGINE_KNOBS = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s")  # not GpuCalibration fields
+# engine and frontend knobs: ReplicaPerfModel arguments, not GpuCalibration fields
+ENGINE_KNOBS = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s", "frontend_per_inflight_s")
 
 
 def _number(value: Any, key: str, where: str) -> float:
@@ -71,6 +74,7 @@ class PerfConfig:
     iteration_overhead_s: float | None = None
     per_seq_overhead_s: float | None = None
     frontend_latency_s: float | None = None
+    frontend_per_inflight_s: float | None = None
     layer_overhead_s: float | None = None
     allreduce_latency_s: float | None = None
     allreduce_bandwidth_gbps: float | None = None

@@ -35,7 +35,10 @@ CPU_FIXED: dict[str, float] = {"eff_mem_linear": 1.0, "eff_mem_attn": 1.0, "eff_
                                "layer_overhead_s": 0.0}
 FIT_KNOBS: tuple[str, ...] = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s",
                               "eff_compute_linear", "eff_compute_attn", "eff_compute_attn_decode")
-_START = {"iteration_overhead_s": 2e-3, "per_seq_overhead_s": 5e-5, "frontend_latency_s": 2e-3,
+# with request streams in the fit (simulation in the loop) the frontend's load dependence is identifiable too
+FIT_KNOBS_STREAMS: tuple[str, ...] = (*FIT_KNOBS, "frontend_per_inflight_s")
+_START = {"frontend_per_inflight_s": 1e-3, "iteration_overhead_s": 2e-3, "per_seq_overhead_s": 5e-5,
+          "frontend_latency_s": 2e-3,
           "eff_compute_linear": 0.1, "eff_compute_attn": 0.1, "eff_compute_attn_decode": 0.1,
           "eff_compute_linear_decode": 0.1, "eff_mem_attn": 0.5, "eff_mem_linear": 0.5, "layer_overhead_s": 2e-5}
 

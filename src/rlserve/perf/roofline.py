@@ -64,7 +64,7 @@ class ReplicaPerfModel:
     def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int = 1, sm_clock_mhz: float | None = None, *,
                  iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
                  per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S,
-                 frontend_latency_s: float = 0.0) -> None:
+                 frontend_latency_s: float = 0.0, frontend_per_inflight_s: float = 0.0) -> None:
         tp = _positive_int(tp, "tensor parallel degree", ConfigError)
         if model.num_heads % tp:
             raise ConfigError(f"{model.name}: {model.num_heads} attention heads cannot be split over tp={tp}; "
@@ -72,14 +72,18 @@ class ReplicaPerfModel:
         kvh = model.num_kv_heads
         if (kvh >= tp and kvh % tp) or (kvh < tp and tp % kvh):
             raise ConfigError(f"{model.name}: {kvh} KV heads cannot be split or replicated over tp={tp}")
-        if iteration_overhead_s < 0 or per_seq_overhead_s < 0 or frontend_latency_s < 0:
-            raise ConfigError("iteration_overhead_s, per_seq_overhead_s and frontend_latency_s must be >= 0")
+        if min(iteration_overhead_s, per_seq_overhead_s, frontend_latency_s, frontend_per_inflight_s) < 0:
+            raise ConfigError("iteration_overhead_s, per_seq_overhead_s, frontend_latency_s and "
+                              "frontend_per_inflight_s must be >= 0")
         self.gpu = gpu
         self.model = model
         self.tp = tp
         self.iteration_overhead_s = float(iteration_overhead_s)
         self.per_seq_overhead_s = float(per_seq_overhead_s)
-        self.frontend_latency_s = float(frontend_latency_s)  # outside the engine: the simulator adds it to TTFT/E2E
+        # outside the engine (HTTP, detokenise, stream): the simulator adds base + slope x requests in flight at
+        # arrival to TTFT and E2E; it occupies no engine time
+        self.frontend_latency_s = float(frontend_latency_s)
+        self.frontend_per_inflight_s = float(frontend_per_inflight_s)
         self.idle_power_w = gpu.idle_power_w * tp
         self.max_power_w = gpu.max_power_w * tp
         self._init_work()

@@ -31,6 +31,10 @@ from rlserve.workload.request import Request, Workload
 if TYPE_CHECKING:
     from rlserve.policies.base import Router
 
+TIMELINE_COLUMNS = ("replica", "start_s", "duration_s", "steps", "batch_size", "prefill_tokens", "decode_tokens",
+                    "kv_blocks_used", "preemptions_total")
+"""One row per iteration; a decode run of ``steps`` identical-batch iterations is one row (its decode tokens are
+batch x steps). ``kv_blocks_used`` is after the row, ``preemptions_total`` the replica's count so far."""
 _END_OF_TIME = 1e300  # finite, so that an idle replica (busy_until = inf) is never "due"
 
 
@@ -70,6 +74,7 @@ class SimResult:
     duration_s: float
     rejected: int
     itl_runs: tuple[tuple[float, float, int, int], ...] = ()  # (first gap, increment, steps, tokens per step)
+    timeline: tuple[tuple[int, float, float, int, int, int, int, int, int], ...] | None = None  # TIMELINE_COLUMNS
 
     @property
     def energy_j(self) -> float:
@@ -101,7 +106,8 @@ class ClusterSimulator:
     """Discrete-event simulation of a vLLM cluster driven one arrival at a time (see module docstring)."""
 
     def __init__(self, cluster: ClusterConfig, workload: Workload, *, seed: int = 0,
-                 perf_models: Sequence[PerfModel] | None = None, exact_steps: bool = False) -> None:
+                 perf_models: Sequence[PerfModel] | None = None, exact_steps: bool = False,
+                 timeline: bool = False) -> None:
         if perf_models is not None and len(perf_models) != len(cluster.replicas):
             raise ConfigError(f"got {len(perf_models)} perf models for {len(cluster.replicas)} replicas")
         self.cluster = cluster
@@ -111,7 +117,7 @@ class ClusterSimulator:
             workload.arrival_s.tolist(), workload.prompt_tokens.tolist(), workload.output_tokens.tolist(),
             workload.prefix_id.tolist(), workload.prefix_tokens.tolist())
         perfs = list(perf_models) if perf_models is not None else [build_perf_model(c) for c in cluster.replicas]
-        self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps)
+        self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps, timeline=timeline)
                          for i, (c, p) in enumerate(zip(cluster.replicas, perfs, strict=True))]
         self.num_replicas = len(self.replicas)
         self.now = 0.0
@@ -218,8 +224,11 @@ class ClusterSimulator:
         t = self.table
         w = self.workload
         replica = np.asarray(t.replica, np.int64)
-        # time outside the engine (HTTP, tokenisation, streaming back) delays what the client sees
-        frontend = np.array([getattr(r.perf, "frontend_latency_s", 0.0) for r in self.replicas] + [0.0])[replica]
+        # time outside the engine (HTTP, tokenisation, streaming back) delays what the client sees: a base plus a
+        # share per request already in flight at the replica (a frontend busy with other streams)
+        base = np.array([getattr(r.perf, "frontend_latency_s", 0.0) for r in self.replicas] + [0.0])[replica]
+        slope = np.array([getattr(r.perf, "frontend_per_inflight_s", 0.0) for r in self.replicas] + [0.0])[replica]
+        frontend = base + slope * np.asarray(t.inflight, dtype=np.float64)
         return RequestRecords(
             arrival_s=w.arrival_s, prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
             replica=replica, first_scheduled_s=np.asarray(t.first_sched),
@@ -248,7 +257,9 @@ class ClusterSimulator:
         self.now = end
         return SimResult(records=records, replica_stats=tuple(stats), duration_s=end - start,
                          rejected=sum(r.rejected for r in self.replicas),
-                         itl_runs=tuple(run for r in self.replicas for run in r.itl_runs))
+                         itl_runs=tuple(run for r in self.replicas for run in r.itl_runs),
+                         timeline=(tuple(sorted(row for r in self.replicas for row in r.timeline or ()))
+                                   if self.replicas and self.replicas[0].timeline is not None else None))
 
 
 def simulate(cluster: ClusterConfig, workload: Workload, router: Router, *, seed: int = 0,

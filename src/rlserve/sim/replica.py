@@ -84,6 +84,7 @@ class RequestTable:
         self.ebase = [0.0] * n
         self.shared = [0] * n  # prefix-cache blocks this request uses but does not own
         self.incarnation = [0] * n  # bumped at preemption; invalidates stale completion-heap entries
+        self.inflight = [0] * n  # requests already at the replica (running or waiting) when this one arrived
         self.finished_order: list[int] = []  # request ids in the order replicas finished them
 
     def copy(self) -> RequestTable:
@@ -99,7 +100,7 @@ class Replica:
     """A vLLM-like engine. Driven by :class:`~rlserve.sim.cluster.ClusterSimulator`; not used directly."""
 
     def __init__(self, index: int, cfg: ReplicaConfig, perf: PerfModel, table: RequestTable, *,
-                 exact_steps: bool = False) -> None:
+                 exact_steps: bool = False, timeline: bool = False) -> None:
         self.index = index
         self.cfg = cfg
         self.perf = perf
@@ -156,6 +157,8 @@ class Replica:
         self.itl_runs: list[tuple[float, float, int, int]] = []
         self.itl_stall = 0.0  # prefill-only time since the decode group last stepped (prefill_priority)
         self.itl_cohorts: list[tuple[int, float]] = []  # (members, stall when they joined) since then
+        # per-iteration record (a decode run of k iterations is one row with steps=k), when asked for
+        self.timeline: list[tuple[int, float, float, int, int, int, int, int, int]] | None = [] if timeline else None
 
     def fork(self, table: RequestTable) -> Replica:
         """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
@@ -174,6 +177,7 @@ class Replica:
         """A request arrives at ``now`` (the caller has advanced this replica to ``now``)."""
         t = self.t
         t.replica[rid] = self.index
+        t.inflight[rid] = self.B + len(self.prefilling) + len(self.waiting)
         self.assigned += 1
         prompt = t.prompt[rid]
         blocks = -(-(prompt + t.output[rid]) // self.bs)
@@ -288,6 +292,7 @@ class Replica:
         used_before = self.used
         k = self.cur_k
         chunks = self.cur_chunks
+        decode_batch = self.B if k else 0  # before completions leave and finished prefills join
         if k:
             B = self.B
             self._record_itl(k, dur)
@@ -320,6 +325,10 @@ class Replica:
             if self.itl_cohorts and self.B > waiting:  # joined now: they wait only through later stalls
                 self.itl_cohorts.append((self.B - waiting, self.itl_stall))
         self.kv_block_seconds += (used_before + self.used) * 0.5 * dur
+        if self.timeline is not None:
+            prefill_tokens = sum([n for _, n in chunks]) if chunks else 0
+            self.timeline.append((self.index, self.cur_start, dur, max(k, 1), decode_batch + len(chunks),
+                                  prefill_tokens, decode_batch * k, self.used, self.preemptions_total))
         self.cur_chunks = []
         self.cur_k = 0
         self.busy_until = INF
