@@ -58,8 +58,12 @@ class Scenario:
         return dataclasses.replace(self, workload=dataclasses.replace(self.workload, num_requests=n))
 
     def with_qps(self, qps: float) -> Scenario:
-        """The same scenario at another mean arrival rate (Poisson/gamma/constant arrivals)."""
+        """The same scenario at another mean arrival rate (Poisson/gamma/constant arrivals; trace arrivals are
+        rescaled in time so that their mean rate is ``qps``)."""
         arrival = self.workload.arrival
+        if arrival.kind == "trace":
+            arrival = dataclasses.replace(arrival, qps=float(qps), time_scale=None)
+            return dataclasses.replace(self, workload=dataclasses.replace(self.workload, arrival=arrival))
         if not hasattr(arrival, "qps") or arrival.qps is None:
             raise ConfigError(f"scenario {self.name!r}: arrival kind {arrival.kind!r} has no qps to change")
         return dataclasses.replace(self, workload=dataclasses.replace(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -128,3 +129,33 @@ def test_calibrate_verb_reports_an_unreachable_server_in_one_line(tmp_path: Path
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error:") and "Traceback" not in out.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_proportional_truncation_cuts_both_sides_like_vidur_and_output_first_cuts_the_output() -> None:
+    import warnings
+
+    from rlserve.workload.lengths import clip_lengths
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p, o, n = clip_lengths(np.array([3000, 100]), np.array([1000, 50]), max_total_tokens=2000,
+                               truncation="proportional")
+        assert n == 1 and p[0] + o[0] == 2000 and p[0] == 1500 and o[0] == 500  # 3:1 kept
+        assert (p[1], o[1]) == (100, 50)
+        p, o, _ = clip_lengths(np.array([3000]), np.array([1000]), max_total_tokens=2000)
+        assert (p[0], o[0]) == (1999, 1)
+    with pytest.raises(ConfigError, match="truncation"):
+        clip_lengths(np.array([1]), np.array([1]), max_total_tokens=4, truncation="middle")
+
+
+def test_qps_override_rescales_trace_arrivals(tmp_path: Path) -> None:
+    from rlserve.scenario import scenario_from_dict
+
+    (tmp_path / "t.csv").write_text("num_prefill_tokens,num_decode_tokens,arrived_at\n"
+                                    + "".join(f"100,10,{i * 0.5}\n" for i in range(41)))
+    doc = {"cluster": {"replicas": [{"count": 1}]},
+           "workload": {"arrival": {"kind": "trace"}, "lengths": {"kind": "trace", "path": "t.csv"}}}
+    scn = scenario_from_dict(doc, base_dir=tmp_path)
+    w = scn.with_qps(8.0).build_workload(0)
+    assert (len(w) - 1) / (w.arrival_s[-1] - w.arrival_s[0]) == pytest.approx(8.0)
+    assert scn.build_workload(0).arrival_s[-1] == pytest.approx(20.0)

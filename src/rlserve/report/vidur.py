@@ -19,7 +19,7 @@ Vidur column                                    rlserve
 ==============================================  ======================================================
 
 Vidur's *trace* files (``num_prefill_tokens,num_decode_tokens[,arrived_at]``) are read by
-:func:`rlserve.workload.loaders.load_splitwise_csv` (workload ``kind: splitwise``).
+:func:`rlserve.workload.loaders.load_splitwise_csv` (workload ``lengths: {kind: trace}``, ``arrival: {kind: trace}``).
 """
 
 from __future__ import annotations

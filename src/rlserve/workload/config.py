@@ -69,6 +69,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         ("num_requests", "prompt_tokens", "output_tokens", "prompt_min", "prompt_max", "output_min",
          "output_max", "max_prompt_tokens", "max_output_tokens", "num_prefixes", "prefix_tokens"), _COUNT),
     "max_total_tokens": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "truncation": (lambda v: v in lengths.TRUNCATION_RULES, f"one of {', '.join(lengths.TRUNCATION_RULES)}"),
     "rates_qps": (
         lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_is_real(r) and r >= 0 for r in v)
         and any(r > 0 for r in v), "a non-empty list of rates >= 0, not all 0"),
@@ -160,6 +161,7 @@ class WorkloadConfig:
     max_output_tokens: int | None = None
     max_total_tokens: int | None = None
     prefix: PrefixConfig | None = None
+    truncation: str = "output_first"  # how max_total_tokens shortens a request (lengths.TRUNCATION_RULES)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
@@ -168,7 +170,8 @@ class WorkloadConfig:
         Relative paths are resolved against ``base_dir`` (the scenario file's folder) and must exist.
         """
         top = _section(d, where, "", ("arrival", "lengths"),
-                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix"))
+                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix",
+                        "truncation"))
         arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
         lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
         prefix = top.get("prefix")
@@ -191,6 +194,7 @@ class WorkloadConfig:
             max_output_tokens=top.get("max_output_tokens"),
             max_total_tokens=top.get("max_total_tokens"),
             prefix=prefix,
+            truncation=top.get("truncation", "output_first"),
         )
         _check_combination(cfg, where)
         return cfg
@@ -303,7 +307,7 @@ def build_workload(cfg: WorkloadConfig, seed: int) -> Workload:
     prompt, output, trace_rows = _draw_lengths(cfg, n, length_rng, trace)
     prompt, output, _ = lengths.clip_lengths(
         prompt, output, max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
-        max_total_tokens=cfg.max_total_tokens,
+        max_total_tokens=cfg.max_total_tokens, truncation=cfg.truncation,
     )
     arrival_s = _draw_arrivals(cfg.arrival, n, arrival_rng, trace, trace_rows)
     prefix_id, prefix_tokens = _draw_prefixes(cfg.prefix, prompt, prefix_rng)
