@@ -20,7 +20,7 @@ from rlserve.bench.profile import Profile, ProfileDesign, profile_server
 from rlserve.errors import ConfigError
 from rlserve.perf import get_gpu, get_model, load_hf_config
 from rlserve.perf.config import write_calibration
-from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FIT_KNOBS_STREAMS, FitResult, fit_knobs
+from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, FIT_KNOBS_STREAMS, FitResult, fit_knobs, perf_model, predict
 from rlserve.perf.models import ModelSpec
 from rlserve.perf.roofline import ReplicaPerfModel
 from rlserve.sim import ReplicaConfig
@@ -142,7 +142,15 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
 
     p = cal.profile
     fixed = CPU_FIXED if gpu is None else {}
-    fit = fit_knobs([(x.tokens, x.ttft_s) for x in p.prefills], [(d.batch, d.context_sum, d.step_s) for d in p.decodes],
-                    base_gpu, model, tp=tp, device=device, fixed=fixed, fit=FIT_KNOBS_STREAMS,
+    # lone points the lone-point fit missed by more than 2x are measurement accidents: left out here
+    first = perf_model(base_gpu, model, tp, cal.fit.knobs, device)
+    prefills = [(x.tokens, x.ttft_s) for x in p.prefills]
+    decodes = [(d.batch, d.context_sum, d.step_s) for d in p.decodes]
+    observed = np.array([o[-1] for o in prefills] + [o[-1] for o in decodes])
+    ok = np.abs(np.log(predict(first, prefills, decodes) / observed)) < np.log(2)
+    n = len(prefills)
+    prefills = [o for o, keep in zip(prefills, ok[:n], strict=True) if keep]
+    decodes = [o for o, keep in zip(decodes, ok[n:], strict=True) if keep]
+    fit = fit_knobs(prefills, decodes, base_gpu, model, tp=tp, device=device, fixed=fixed, fit=FIT_KNOBS_STREAMS,
                     start={k: v for k, v in cal.fit.knobs.items() if k not in fixed}, extra=extra)
     return Calibration(p, fit)

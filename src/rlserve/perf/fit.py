@@ -113,25 +113,33 @@ def fit_knobs(prefills: Sequence[tuple[int, float]], decodes: Sequence[tuple[int
         firsts += [{**_START, **{k: e for k in fit if k.startswith("eff_")}} for e in (0.003, 0.03, 0.3)]
     extra_names: list[str] = []
 
-    def residuals(x: np.ndarray) -> np.ndarray:
+    def residuals(x: np.ndarray, weighted: bool = True) -> np.ndarray:
         nonlocal extra_names
         perf = perf_model(gpu, model, tp, {**fixed, **dict(zip(fit, np.exp(x), strict=True))}, device)
         r = np.log(predict(perf, prefills, decodes) / obs)
         if extra is None:
             return r
         extra_names, rel = extra(perf)
-        return np.concatenate([r, np.log1p(np.maximum(rel, -0.99))])
+        e = np.log1p(np.maximum(rel, -0.99))
+        if not weighted:
+            return np.concatenate([r, e])
+        # the two groups weigh alike however many points each has (streams are few but say the most)
+        return np.concatenate([r / np.sqrt(len(r)), e / np.sqrt(max(len(e), 1))])
 
+    # Lone points alone: a robust loss (a stray slow request on a shared machine must not drag the fit). With
+    # streams: plain least squares (the caller drops lone-point outliers first), so that streams far off the
+    # lone-point optimum are not treated as outliers themselves.
+    loss, f_scale = ("soft_l1", 0.1) if extra is None else ("linear", 1.0)
     sol = None
     for first in firsts:
         x0 = np.log(np.clip([first.get(k, 0.1) for k in fit], lo * 1.01, hi * 0.99))
-        trial = least_squares(residuals, x0, bounds=(np.log(lo), np.log(hi)), loss="soft_l1", f_scale=0.1,
+        trial = least_squares(residuals, x0, bounds=(np.log(lo), np.log(hi)), loss=loss, f_scale=f_scale,
                               diff_step=1e-3)
         if sol is None or trial.cost < sol.cost:
             sol = trial
     assert sol is not None
     knobs = {k: float(v) for k, v in zip(fit, np.exp(sol.x), strict=True)}
-    err = np.exp(residuals(sol.x)) - 1.0  # relative error of the model against each observation
+    err = np.exp(residuals(sol.x, weighted=False)) - 1.0  # relative error of the model against each observation
     names = [f"prefill {n} tok" for n, _ in prefills] + [f"decode B={b}" for b, _, _ in decodes] + extra_names
     terms: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(names):

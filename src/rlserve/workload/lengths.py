@@ -118,7 +118,8 @@ def clip_lengths(
     ``max_total_tokens`` (a model's context length) is enforced by shortening the output first, as a server
     would stop generation at the context limit; a prompt that alone exceeds it is cut to leave one output
     token. ``truncation="proportional"`` instead removes the excess from both sides in proportion to their
-    lengths (the prompt's share rounded up, at least one token kept on each side), as Vidur does. Warns when more than 1%
+    lengths (the prompt's share rounded up, at least one token kept on each side), as Vidur does. Warns when more
+    than 1%
     of requests are clipped, since the length distribution then differs noticeably from the one asked for.
     """
     if truncation not in TRUNCATION_RULES:
