@@ -38,6 +38,10 @@ class ReplicaConfig:
     enable_prefix_caching: bool = False
     concurrency_cap: int | None = None  # admission cap (energy controller); None = max_num_seqs
     max_model_len: int = 16384
+    # semantics of other tools, off by default (docs/simulator.md): Vidur's vLLM scheduler counts a prefill batch
+    # as (requests x longest prompt) against the token budget; vLLM V0's chunked prefill keeps the watermark free
+    prefill_budget: Literal["sum", "padded"] = "sum"
+    chunked_watermark: bool = False
     perf: PerfConfig = field(default_factory=PerfConfig)  # perf-model knobs and calibration file
 
     def __post_init__(self) -> None:
@@ -45,6 +49,8 @@ class ReplicaConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"replica {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.prefill_budget not in ("sum", "padded"):
+            raise ConfigError(f"replica prefill_budget must be 'sum' or 'padded', got {self.prefill_budget!r}")
         if self.batching not in BATCHING_MODES:
             raise ConfigError(f"replica batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if not 0 <= self.watermark < 1:

@@ -109,7 +109,9 @@ class Replica:
         self.bs = cfg.block_size
         self.total_blocks = cfg.num_gpu_blocks or perf.kv_capacity_blocks(cfg.block_size, cfg.gpu_memory_utilization)
         self.prefill_priority = cfg.batching == "prefill_priority"
-        self.watermark_blocks = int(cfg.watermark * self.total_blocks) if self.prefill_priority else 0
+        self.watermark_blocks = (int(cfg.watermark * self.total_blocks)
+                                 if self.prefill_priority or cfg.chunked_watermark else 0)
+        self.padded_budget = cfg.prefill_budget == "padded"
         self.budget = cfg.token_budget
         self.max_seqs = cfg.max_num_seqs
         self.cap = cfg.concurrency_cap or cfg.max_num_seqs
@@ -577,11 +579,16 @@ class Replica:
         t = self.t
         chunks: list[tuple[int, int]] = []
         tokens = 0
+        longest = 0
         limit = min(self.max_seqs, self.cap)
         while self.waiting and self.B + len(self.prefilling) < limit:
             rid = self.waiting[0]
             n = t.need[rid]
-            if tokens + n > self.budget:
+            if self.padded_budget:  # Vidur: every prompt of the batch padded to the longest
+                if (len(chunks) + 1) * max(longest, n) > self.budget:
+                    break
+                longest = max(longest, n)
+            elif tokens + n > self.budget:
                 break
             hit = self._prefix_hit_blocks(rid) if self.prefix_caching else 0
             blocks = -(-n // self.bs) - t.shared[rid]
@@ -635,7 +642,7 @@ class Replica:
             n = min(t.need[rid] - hit * self.bs, budget)
             ctx = hit * self.bs
             blocks = -(-(ctx + n) // self.bs) - t.shared[rid]
-            if self.total_blocks - self.used - reserved < blocks:
+            if self.total_blocks - self.used - reserved - blocks < self.watermark_blocks:
                 if hit:
                     self._drop_prefix(rid)
                 break
