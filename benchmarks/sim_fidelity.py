@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -197,8 +196,8 @@ def main() -> int:
     for m in METRICS:
         for p in PCTS:
             k = f"{m}_{p}"
-            summary[k] = {"sim_err": statistics.median(abs(r["errors"][k]["mean"]) for r in rows),
-                          "noise": statistics.median(r["errors"][k]["noise"] for r in rows)}
+            summary[k] = {"sim_err": float(np.nanmedian([abs(r["errors"][k]["mean"]) for r in rows])),
+                          "noise": float(np.nanmedian([r["errors"][k]["noise"] for r in rows]))}
     report["median"] = summary
     print("median over workloads of |mean error| (and of the real-vs-real noise floor):")
     for k, v in summary.items():

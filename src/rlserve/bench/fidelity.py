@@ -131,8 +131,9 @@ def sim_side(result: SimResult) -> Side:
 
 
 def relative_errors(sim: Side, real: Side) -> dict[str, float]:
-    """``(sim - real) / real`` per metric and percentile, keys like ``ttft_p50``."""
-    return {f"{m}_{p}": (sim.values[m][p] - real.values[m][p]) / real.values[m][p] for m in METRICS for p in PCTS}
+    """``(sim - real) / real`` per metric and percentile, keys like ``ttft_p50`` (NaN where real is 0)."""
+    return {f"{m}_{p}": ((sim.values[m][p] - real.values[m][p]) / real.values[m][p] if real.values[m][p] > 0
+                         else float("nan")) for m in METRICS for p in PCTS}
 
 
 def measure_capacity(url: str, model: str, spec: WorkloadSpec, seed: int) -> tuple[float, Stream, float,

@@ -259,9 +259,7 @@ class StreamTrace:
     def token_gaps(self) -> list[float]:
         """Per-token inter-token gaps: a chunk of ``n`` tokens after a gap ``g`` counts as ``n`` gaps of ``g/n``
         (vLLM packs tokens generated between two sends into one chunk; this spreads them evenly)."""
-        gaps: list[float] = []
-        first_n = self.chunks[0][1]
-        gaps += [0.0] * (first_n - 1)  # tokens delivered with the first: no cadence is observable
+        gaps: list[float] = []  # tokens delivered with the first one have no observable gap: left out
         for (t0, _), (t1, n) in zip(self.chunks, self.chunks[1:], strict=False):
             gaps += [(t1 - t0) / n] * n
         return gaps

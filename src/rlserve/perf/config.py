@@ -177,11 +177,15 @@ def write_calibration(path: str | Path, *, perf: Mapping[str, float], device: Ma
 def apply_knobs(gpu: GpuSpec, perf: PerfConfig) -> tuple[GpuSpec, dict[str, float]]:
     """The GPU with the calibration's device fields and calibration knobs applied, and the engine keyword
     arguments of :class:`~rlserve.perf.roofline.ReplicaPerfModel` (CPU overheads, frontend latency)."""
-    knobs = perf.knobs()
-    device = perf.device()
+    return with_knobs(gpu, perf.knobs(), perf.device())
+
+
+def with_knobs(gpu: GpuSpec, knobs: Mapping[str, float],
+               device: Mapping[str, Any] | None = None) -> tuple[GpuSpec, dict[str, float]]:
+    """``gpu`` with ``device`` fields and the calibration ``knobs`` replaced, and the engine knobs apart."""
     if device:
         gpu = dataclasses.replace(gpu, **{k: DEVICE_FIELDS[k](v) for k, v in device.items()})
-    cal = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
+    cal: dict[str, Any] = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
     if cal:
         gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, **cal))
     return gpu, {k: v for k, v in knobs.items() if k in ENGINE_KNOBS}

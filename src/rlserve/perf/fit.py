@@ -14,7 +14,6 @@ fractions of those nominal rates; energy figures of such a calibration mean noth
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from rlserve.errors import InputError
-from rlserve.perf.config import DEVICE_FIELDS, ENGINE_KNOBS, KNOBS
+from rlserve.perf.config import KNOBS, with_knobs
 from rlserve.perf.gpus import GpuSpec
 from rlserve.perf.models import ModelSpec
 from rlserve.perf.roofline import ReplicaPerfModel
@@ -67,11 +66,8 @@ class FitResult:
 def perf_model(gpu: GpuSpec, model: ModelSpec, tp: int, knobs: Mapping[str, float],
                device: Mapping[str, Any] | None = None) -> ReplicaPerfModel:
     """The perf model with ``knobs`` (calibration fields and engine overheads) and ``device`` fields applied."""
-    if device:
-        gpu = dataclasses.replace(gpu, **{k: DEVICE_FIELDS[k](v) for k, v in device.items()})
-    cal = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
-    gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, **cal))
-    return ReplicaPerfModel(gpu, model, tp=tp, **{k: v for k, v in knobs.items() if k in ENGINE_KNOBS})
+    gpu, engine = with_knobs(gpu, knobs, device)
+    return ReplicaPerfModel(gpu, model, tp=tp, **engine)
 
 
 def predict(perf: ReplicaPerfModel, prefills: Sequence[tuple[int, float]],

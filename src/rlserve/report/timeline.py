@@ -20,7 +20,7 @@ def write_timeline_parquet(rows: Sequence[tuple], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in TIMELINE_COLUMNS]
+    cols: list[Sequence[float]] = list(zip(*rows, strict=True)) if rows else [() for _ in TIMELINE_COLUMNS]
     types = {"start_s": np.float64, "duration_s": np.float64}
     table = pa.table({name: np.asarray(col, dtype=types.get(name, np.int64))
                       for name, col in zip(TIMELINE_COLUMNS, cols, strict=True)})
