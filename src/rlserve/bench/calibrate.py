@@ -8,6 +8,7 @@ inside its time bound is written (if at all) with ``complete: false``, which eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,14 @@ class Calibration:
 
     profile: Profile
     fit: FitResult | None  # None when the profile has too few points to fit
+    capacity_rps: float | None = None  # saturation throughput on the calibration mix (stream stage only)
 
     def server(self) -> dict[str, Any]:
         """What the profiled server reported (the simulator's replica should use the same values)."""
         p = self.profile
         return {"url": p.url, "model": p.model, "block_size": p.block_size, "num_gpu_blocks": p.num_gpu_blocks,
-                "profile_s": round(p.elapsed_s, 1), "missing": p.missing, "rejected": p.rejected}
+                "profile_s": round(p.elapsed_s, 1), "missing": p.missing, "rejected": p.rejected,
+                "capacity_rps": self.capacity_rps}
 
     def write(self, path: str | Path, source: str) -> Path:
         """Write the calibration file; ``complete`` is true only if the whole design was measured."""
@@ -86,6 +89,14 @@ def calibrate_server(url: str, model: ModelSpec, *, gpu: str | None = None, tp: 
     return Calibration(profile, fit)
 
 
+def fit_length(spec: WorkloadSpec, max_model_len: int | None) -> WorkloadSpec:
+    """``spec`` with prompts shortened so that prompt + output fits ``max_model_len`` (vLLM would cut the output)."""
+    if max_model_len is None or spec.prompt[1] + spec.output[1] < max_model_len:
+        return spec
+    top = max(spec.prompt[0], max_model_len - spec.output[1] - 1)
+    return dataclasses.replace(spec, prompt=(min(spec.prompt[0], top), top))
+
+
 # The calibration request streams: one wide length mix sent all at once (the server's saturation throughput), then
 # at a moderate and a busy fraction of that measured throughput. Held-out evaluations must use other streams.
 CALIBRATION_MIX = WorkloadSpec("calib_saturation", 60, prompt=(16, 1024), output=(8, 160), load=1.0)
@@ -98,7 +109,8 @@ STREAM_QUANTILES = (25.0, 50.0, 75.0, 90.0)
 
 def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSpec, *, gpu: str | None = None,
                         tp: int = 1, specs: tuple[WorkloadSpec, ...] = CALIBRATION_STREAMS, seed: int = 0,
-                        progress: Callable[[str], None] | None = None) -> Calibration:
+                        max_model_len: int | None = None, progress: Callable[[str], None] | None = None
+                        ) -> Calibration:
     """Second stage: replay calibration request streams against the server and refit the knobs so that the
     simulator reproduces their TTFT and E2E quartiles as well as the lone points (simulation in the loop).
 
@@ -111,8 +123,10 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
     base_gpu = get_gpu(gpu or "h100-sxm")
     device = None if gpu else CPU_DEVICE
     url, served = cal.profile.url, cal.profile.model
-    capacity, burst, burst_start, burst_traces = measure_capacity(url, served, CALIBRATION_MIX, seed + 999)
-    runs = [(CALIBRATION_MIX, burst, burst_start, burst_traces)]
+    mix = fit_length(CALIBRATION_MIX, max_model_len)
+    specs = tuple(fit_length(s, max_model_len) for s in specs)
+    capacity, burst, burst_start, burst_traces = measure_capacity(url, served, mix, seed + 999)
+    runs = [(mix, burst, burst_start, burst_traces)]
     for i, spec in enumerate(specs):
         stream = make_stream(spec, spec.load * capacity, seed=seed + 1000 + i)
         runs.append((spec, stream, *run_real(url, served, stream)))
@@ -124,7 +138,7 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
         measured.append((spec.name, stream, sent, np.percentile(ttft, STREAM_QUANTILES),
                          np.percentile(e2e, STREAM_QUANTILES)))
         if progress is not None:
-            rate = "all at once" if spec is CALIBRATION_MIX else f"at {stream.rate:.2f} req/s"
+            rate = "all at once" if spec is mix else f"at {stream.rate:.2f} req/s"
             progress(f"calibration stream {spec.name}: {spec.num_requests} requests {rate}, "
                      f"TTFT p50 {1e3 * real.values['ttft']['p50']:.1f} ms, "
                      f"E2E p50 {1e3 * real.values['e2e']['p50']:.0f} ms")
@@ -153,4 +167,4 @@ def refine_with_streams(cal: Calibration, replica: ReplicaConfig, model: ModelSp
     decodes = [o for o, keep in zip(decodes, ok[n:], strict=True) if keep]
     fit = fit_knobs(prefills, decodes, base_gpu, model, tp=tp, device=device, fixed=fixed, fit=FIT_KNOBS_STREAMS,
                     start={k: v for k, v in cal.fit.knobs.items() if k not in fixed}, extra=extra)
-    return Calibration(p, fit)
+    return Calibration(p, fit, capacity)
