@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from rlserve.bench.calibrate import calibrate_server, model_spec
+from rlserve.bench.calibrate import calibrate_server, model_spec, refine_with_streams
 from rlserve.bench.profile import ProfileDesign
 from rlserve.cli.app import app, console, err_console
 from rlserve.errors import ConfigError
+from rlserve.sim import ReplicaConfig
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -43,6 +44,12 @@ def calibrate(
     max_model_len: Annotated[int, typer.Option(help="The server's max_model_len (caps the sizes).")] = 2048,
     request_timeout_s: Annotated[float, typer.Option(help="Give up on a request after this many seconds.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    streams: Annotated[bool, typer.Option(help="Also replay calibration request streams (one mix at once, then at "
+                                               "40% and 75% of its throughput) and refit with the simulator in the "
+                                               "loop; adds a few minutes.")] = False,
+    max_num_seqs: Annotated[int, typer.Option(help="With --streams: the server's --max-num-seqs.")] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="With --streams: the server's "
+                                                             "--max-num-batched-tokens.")] = 2048,
 ) -> None:
     """Profile a live server (lone prefills, decode batches, KV config from /metrics), fit the perf model by least
     squares, print the fit error per term and write a calibration file for a scenario's ``perf:`` section."""
@@ -55,12 +62,21 @@ def calibrate(
                            request_timeout_s=request_timeout_s, seed=seed)
     spec = model_spec(model)
     console.print(f"profiling {url}: {design.steps()} measurements, at most {budget_s:g} s", highlight=False)
+    say = lambda line: console.print(line, highlight=False)  # noqa: E731
     cal = calibrate_server(url.rstrip("/"), spec, gpu=gpu, tp=tp, served_model=served_model, design=design,
-                           progress=lambda line: console.print(line, highlight=False))
+                           progress=say)
     if cal.fit is None:
         raise ConfigError(f"only {len(cal.profile.prefills)} prefill and {len(cal.profile.decodes)} decode points "
                           f"measured in {budget_s:g} s: too few to fit; raise --budget-s. Nothing written")
-    console.print(cal.fit.table(), highlight=False)
+    if streams and cal.profile.complete:
+        model_ref = str(Path(model) / "config.json") if Path(model).is_dir() else model
+        twin = ReplicaConfig(gpu=gpu or "h100-sxm", model=model_ref, tp=tp,
+                             block_size=cal.profile.block_size or 16, num_gpu_blocks=cal.profile.num_gpu_blocks,
+                             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                             max_model_len=max_model_len)
+        cal = refine_with_streams(cal, twin, spec, gpu=gpu, tp=tp, max_model_len=max_model_len, progress=say)
+    if cal.fit is not None:
+        console.print(cal.fit.table(), highlight=False)
     source = f"rlserve calibrate --url {url} --model {model}" + (f" --gpu {gpu}" if gpu else " (CPU device)")
     if not cal.profile.complete:
         partial = out.with_name(out.stem + ".partial.json")
