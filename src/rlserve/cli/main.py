@@ -6,6 +6,7 @@ import sys
 
 from rlserve.cli import (
     bench_cmds,  # noqa: F401  (registers bench, bench sweep, bench validate)
+    calibrate_cmds,  # noqa: F401  (registers calibrate)
     energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
     router_cmds,  # noqa: F401  (registers train/evaluate router)
     serve_cmds,  # noqa: F401  (registers serve)
