@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlserve.cli.app import app, console, evaluate_app, train_app
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, evaluate_app, parallel_options, train_app
 from rlserve.errors import ConfigError
 
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
@@ -92,6 +92,8 @@ def evaluate_energy_cmd(
     config: ConfigOpt = "energy",
     interval_s: Annotated[float | None, typer.Option(help="Control interval in seconds (default: the "
                                                      "checkpoint's training interval, else 1 s).")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """DQN vs static max clock, Clipper, EAIS and the best static pair: energy per token, SLO, tail latency."""
     from rlserve.envs.energy_eval import (
@@ -103,6 +105,7 @@ def evaluate_energy_cmd(
     )
     from rlserve.report.run_output import write_json
 
+    parallel = parallel_options(workers, ray_address)
     space = _action_space(checkpoint, config, scenario)
     interval_s = _interval_s(interval_s, checkpoint)
     names = scenario or ["energy_steady", "energy_diurnal", "energy_bursty"]
@@ -112,18 +115,22 @@ def evaluate_energy_cmd(
         specs = list(BASELINES)
         best_static = None
         if grid:
-            best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds),
-                                      caps=default_grid_caps(space, scn), clocks_mhz=space.sm_clocks_mhz,
-                                      interval_s=interval_s, action_space=space)
+            caps = default_grid_caps(space, scn)
+            with _progress() as progress:
+                task = progress.add_task(f"{scn.name}: static grid search",
+                                         total=len(caps) * len(space.sm_clocks_mhz) * grid_seeds)
+                best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds), caps=caps,
+                                          clocks_mhz=space.sm_clocks_mhz, interval_s=interval_s, action_space=space,
+                                          on_run=lambda *_, t=task: progress.advance(t), parallel=parallel)
             best_static = best.best
             specs.append(best_static)
         if checkpoint is not None:
             specs.append(f"dqn:{checkpoint}")
         with _progress() as progress:
-            task = progress.add_task(f"{scn.name}", total=len(specs) * seeds)
+            task = progress.add_task(f"{scn.name}: evaluation", total=len(specs) * seeds)
             results = evaluate_controllers(specs, scn, range(seeds), action_space=space, interval_s=interval_s,
                                            keep_runs=plots is not None,
-                                           on_run=lambda *_, t=task: progress.advance(t))
+                                           on_run=lambda *_, t=task: progress.advance(t), parallel=parallel)
         savings = savings_vs(results, "static")
         _print_table(scn.name, results, savings)
         report[scn.name] = {"results": as_json(results), "saving_vs_max_clock": savings,
@@ -266,32 +273,51 @@ def sweep_cmd(
     seeds: Annotated[int, typer.Option(help="Held-out evaluation seeds per scenario.")] = 3,
     total_steps: Annotated[int | None, typer.Option(help="Override dqn.total_steps per run.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the sweep's numbers here.")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """The seed's offline block-size scheme: per workload, one controller per KV block size; the best size."""
+    """The seed's offline block-size scheme: per workload, one controller per KV block size; the best size.
+
+    With --workers/--ray-address the missing trainings run as parallel Ray tasks, then every (block size x seed)
+    evaluation does.
+    """
     import dataclasses
 
     from rlserve.envs.energy_env import with_block_size
-    from rlserve.envs.energy_eval import best_by, evaluate_controllers
-    from rlserve.envs.energy_train import load_train_config, train_energy
+    from rlserve.envs.energy_eval import ControllerCell, ControllerResult, best_by, run_controller_cell
+    from rlserve.envs.energy_train import load_train_config, train_energy_cell
+    from rlserve.parallel import map_cells
     from rlserve.report.run_output import write_json
 
+    parallel = parallel_options(workers, ray_address)
     sizes = [int(b) for b in block_sizes.split(",") if b.strip()]
     cfg = load_train_config(config)
+    names = scenario or list(cfg.env.scenarios)
+    bases = {name: _scenario(name) for name in names}
+    runs = {(name, bs): out / bases[name].name / f"bs{bs}" for name in names for bs in sizes}
+    policies = {k: d / "best.pt" if cfg.validation_seeds > 0 else d / "policy.pt" for k, d in runs.items()}
+    jobs = []
+    for (name, bs), run_dir in runs.items():
+        if not policies[name, bs].is_file():  # a finished run is reused: the sweep can be resumed
+            env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
+            dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
+            jobs.append((dataclasses.replace(cfg, env=env, dqn=dqn), run_dir))
+    with _progress() as progress:
+        task = progress.add_task("training (one DQN per scenario x block size)", total=len(jobs))
+        map_cells(train_energy_cell, jobs, parallel, lambda i, _: progress.update(
+            task, advance=1, description=f"trained {jobs[i][1]}"))
+    cells = [ControllerCell(f"dqn:{policies[k]}", with_block_size(bases[k[0]], k[1]), seed,
+                            _action_space(policies[k], config, [k[0]]), 1.0, False)
+             for k in runs for seed in range(seeds)]
+    with _progress() as progress:
+        task = progress.add_task("evaluation (block size x seed)", total=len(cells))
+        outs = map_cells(run_controller_cell, cells, parallel, lambda *_: progress.advance(task))
+    results = {k: ControllerResult(f"dqn:{policies[k]}") for k in runs}
+    for i, k in enumerate(k for k in runs for _ in range(seeds)):
+        results[k].per_seed.append(outs[i][0])
     report: dict[str, Any] = {}
-    for name in scenario or list(cfg.env.scenarios):
-        base = _scenario(name)
-        per_size = {}
-        for bs in sizes:
-            run_dir = out / base.name / f"bs{bs}"
-            policy = run_dir / "best.pt" if cfg.validation_seeds > 0 else run_dir / "policy.pt"
-            if not policy.is_file():  # a finished run is reused: the sweep can be resumed
-                env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
-                dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
-                console.print(f"training {base.name} with block size {bs} -> {run_dir}")
-                train_energy(dataclasses.replace(cfg, env=env, dqn=dqn), run_dir)
-            space = _action_space(policy, config, [name])
-            res = evaluate_controllers([f"dqn:{policy}"], with_block_size(base, bs), range(seeds), action_space=space)
-            per_size[bs] = next(iter(res.values()))
+    for name, base in bases.items():
+        per_size = {bs: results[name, bs] for bs in sizes}
         best = best_by(per_size)
         report[base.name] = {"best_block_size": best,
                              "per_block_size": {bs: r.aggregate() for bs, r in per_size.items()}}

@@ -6,7 +6,6 @@ and 95% confidence interval over seeds of each metric, the same columns ``rlserv
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +13,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rlserve.cli.app import console, evaluate_app, train_app
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, console, evaluate_app, parallel_options, train_app
 from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
-from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_router
-from rlserve.metrics import RequestRecords, Summary
+from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_grid
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
 
@@ -83,26 +81,21 @@ def evaluate_router_cmd(
     num_requests: Annotated[int | None, typer.Option(help="Override the scenario's number of requests.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Directory for plots (metric bars with CIs, CDFs).")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """PPO router vs every heuristic on the same seeds: mean ± 95% CI of latency, throughput, SLO attainment."""
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    parallel = parallel_options(workers, ray_address)
     ppo = f"ppo:{checkpoint}" if checkpoint is not None else "ppo"
     scn = prepare_scenario(scenario, num_requests)
     routers = [ppo, *HEURISTICS]
-    summaries: dict[str, list[Summary]] = {r: [] for r in routers}
-    first_records: dict[str, RequestRecords] = {}
-    wall: dict[str, float] = dict.fromkeys(routers, 0.0)
     with _progress() as progress:
-        overall = progress.add_task("all runs", total=len(routers) * seeds)
-        for seed in range(first_seed, first_seed + seeds):
-            for r in routers:
-                t = time.perf_counter()
-                result = run_router(scn, r, seed, progress)
-                wall[r] += time.perf_counter() - t
-                summaries[r].append(result.summary(scn.slo))
-                first_records.setdefault(r, result.records)
-                progress.advance(overall)
+        grid = run_grid(scn, routers, list(range(first_seed, first_seed + seeds)), progress, parallel,
+                        records_of_first_seed=plots is not None)
+    summaries = {r: [run.summary for run in runs] for r, runs in grid.items()}
+    wall = {r: sum(run.wall_s for run in runs) for r, runs in grid.items()}
     aggregated = {r: aggregate(s) for r, s in summaries.items()}
     table = Table(title=f"{scn.name}: mean ± 95% CI over seeds {first_seed}..{first_seed + seeds - 1}")
     table.add_column("router")
@@ -128,7 +121,8 @@ def evaluate_router_cmd(
 
         plots.mkdir(parents=True, exist_ok=True)
         metric_bars(aggregated, plots / "router_metrics.png", title=scn.name)
-        latency_cdf_plot(first_records, plots / "latency_cdf.png")
+        latency_cdf_plot({r: runs[0].records for r, runs in grid.items() if runs[0].records is not None},
+                         plots / "latency_cdf.png")
         console.print(f"wrote {plots / 'router_metrics.png'}, {plots / 'latency_cdf.png'}")
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlserve.cli.app import app, console
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, parallel_options
 from rlserve.errors import ConfigError, RlserveError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, compare_routers, prepare_scenario, run_router
 from rlserve.metrics import Summary
@@ -104,14 +104,17 @@ def compare(
     qps: QpsOpt = None,
     batching: BatchingOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Compare routers on one scenario over several seeds: mean and 95% CI per metric."""
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    parallel = parallel_options(workers, ray_address)
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     names = parse_router_list(routers)
     with _progress() as progress:
-        results = compare_routers(scn, names, list(range(seeds)), progress)
+        results = compare_routers(scn, names, list(range(seeds)), progress, parallel)
     table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds")
     table.add_column("router")
     for name, _ in COLUMNS:

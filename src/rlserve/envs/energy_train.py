@@ -109,6 +109,16 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
                  metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end, validate=validate)
 
 
+def train_energy_cell(job: tuple[EnergyTrainConfig, Path]) -> Path:
+    """One training run of a sweep (a Ray task body, or a plain call): trains ``job = (config, out_dir)``.
+
+    Returns ``out_dir``; on a Ray cluster it must be on storage every node sees.
+    """
+    config, out_dir = job
+    train_energy(config, out_dir)
+    return Path(out_dir)
+
+
 class Validator:
     """Scores a checkpoint on held-out validation workloads (seeds ``VALIDATION_SEED_BASE + k`` of every training
     scenario, disjoint from training (>= 2**20), evaluation (0..N-1) and grid-search (500000+) seeds).
