@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, evaluate_app, parallel_options, train_app
+from rlserve.cli.progress import progress_bar
 from rlserve.errors import ConfigError
 
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
@@ -26,11 +26,6 @@ ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Training config:
                                         "(energy) or a path to a YAML file.")]
 ScenariosOpt = Annotated[list[str] | None, typer.Option("--scenario", "-s", help="Scenario name or YAML path "
                                                         "(repeat for several).")]
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -63,7 +58,7 @@ def train_energy_cmd(
         cfg.dqn.total_steps = total_steps
     if seed is not None:
         cfg.dqn.seed = seed
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("training (decisions)", total=cfg.dqn.total_steps)
 
         def on_episode(i: int, info: Mapping[str, Any]) -> None:
@@ -116,7 +111,7 @@ def evaluate_energy_cmd(
         best_static = None
         if grid:
             caps = default_grid_caps(space, scn)
-            with _progress() as progress:
+            with progress_bar(console) as progress:
                 task = progress.add_task(f"{scn.name}: static grid search",
                                          total=len(caps) * len(space.sm_clocks_mhz) * grid_seeds)
                 best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds), caps=caps,
@@ -126,7 +121,7 @@ def evaluate_energy_cmd(
             specs.append(best_static)
         if checkpoint is not None:
             specs.append(f"dqn:{checkpoint}")
-        with _progress() as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task(f"{scn.name}: evaluation", total=len(specs) * seeds)
             results = evaluate_controllers(specs, scn, range(seeds), action_space=space, interval_s=interval_s,
                                            keep_runs=plots is not None,
@@ -302,14 +297,14 @@ def sweep_cmd(
             env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
             dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
             jobs.append((dataclasses.replace(cfg, env=env, dqn=dqn), run_dir))
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("training (one DQN per scenario x block size)", total=len(jobs))
         map_cells(train_energy_cell, jobs, parallel, lambda i, _: progress.update(
             task, advance=1, description=f"trained {jobs[i][1]}"))
     cells = [ControllerCell(f"dqn:{policies[k]}", with_block_size(bases[k[0]], k[1]), seed,
                             _action_space(policies[k], config, [k[0]]), 1.0, False)
              for k in runs for seed in range(seeds)]
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("evaluation (block size x seed)", total=len(cells))
         outs = map_cells(run_controller_cell, cells, parallel, lambda *_: progress.advance(task))
     results = {k: ControllerResult(f"dqn:{policies[k]}") for k in runs}

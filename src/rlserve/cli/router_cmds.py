@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from rlserve.cli.app import RayAddressOpt, WorkersOpt, console, evaluate_app, parallel_options, train_app
+from rlserve.cli.progress import progress_bar
 from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_grid
@@ -47,8 +48,7 @@ def train_router_cmd(
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_config(config, overrides)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
+    with progress_bar(console, TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False) as progress:
         task = progress.add_task("PPO updates", total=cfg.total_updates, stats="stabilising + cloning...")
 
         def report(update: int, total: int, s: dict[str, float]) -> None:

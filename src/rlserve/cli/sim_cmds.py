@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, parallel_options
+from rlserve.cli.progress import LoggedProgress, progress_bar
 from rlserve.errors import ConfigError, RlserveError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, compare_routers, prepare_scenario, run_router
 from rlserve.metrics import Summary
@@ -24,9 +24,9 @@ QpsOpt = Annotated[float | None, typer.Option(help="Override the scenario's mean
 BatchingOpt = Annotated[str | None, typer.Option(help=f"Override every replica's batching mode {BATCHING_MODES}.")]
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+def _progress() -> LoggedProgress:
+    """The standard bar; without a terminal it logs lines at a bounded rate."""
+    return progress_bar(console)
 
 
 def _fmt(v: float | None) -> str:
