@@ -34,11 +34,18 @@ def train_router_cmd(
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the best (validated) policy here as a small "
                                                 "inference-only checkpoint, e.g. for shipping.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Collect PPO rollouts with this many Ray actors on a local Ray (needs rlserve[ray]); "
+        "each owns ppo.num_envs / N environments.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Run the rollout actors on this Ray cluster (with --workers N actors, default 2).")]
+    = None,
 ) -> None:
     """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
     from rlserve.envs.router_training import train_router
     from rlserve.rl.config import load_config
     from rlserve.rl.ppo import export_for_inference
+    from rlserve.rl.rollout_workers import RolloutWorkers
 
     overrides: dict[str, object] = {}
     if scenario:
@@ -48,6 +55,11 @@ def train_router_cmd(
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_config(config, overrides)
+    rollout = None
+    if workers is not None or ray_address is not None:
+        # a local Ray gets one CPU per worker; on a cluster the learner stays here and N actors go there
+        parallel = parallel_options(None if ray_address else workers, ray_address)
+        rollout = RolloutWorkers(workers or 2, parallel)
     with progress_bar(console, TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False) as progress:
         task = progress.add_task("PPO updates", total=cfg.total_updates, stats="stabilising + cloning...")
 
@@ -57,11 +69,13 @@ def train_router_cmd(
                      f"{s['time/decisions_per_s']:.0f} decisions/s")
             progress.update(task, completed=update, stats=stats)
 
-        result = train_router(cfg, out, resume=resume, progress=report)
+        result = train_router(cfg, out, resume=resume, progress=report, rollout_workers=rollout)
     if result.bc_stats:
         console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
     console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "
                   f"{result.decisions_per_s:.0f} decisions/s during PPO; checkpoint: {result.checkpoint_path}")
+    if result.worker_replacements:
+        console.print(f"[yellow]{result.worker_replacements} rollout worker(s) died and were replaced[/]")
     if result.best_path is not None:
         console.print(f"best validated policy: {result.best_path} (score {result.best_score:+.3f} = mean gain over "
                       "the best heuristic per validation scenario)")

@@ -25,6 +25,7 @@ from rlserve.policies import Router, make_router
 from rlserve.policies.ppo_router import PPORouter
 from rlserve.rl.config import TrainConfig, WarmStartConfig
 from rlserve.rl.ppo import TrainResult, train
+from rlserve.rl.rollout_workers import RolloutWorkers
 from rlserve.sim import ClusterConfig, simulate
 from rlserve.workload.request import Workload
 
@@ -105,10 +106,15 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
 
 def train_router(cfg: TrainConfig, out_dir: str | Path | None, *, resume: bool = False,
                  stop_after_updates: int | None = None,
-                 progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``."""
+                 progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                 rollout_workers: RolloutWorkers | None = None) -> TrainResult:
+    """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``.
+
+    ``rollout_workers``: collect PPO rollouts on Ray actors (see :mod:`rlserve.rl.rollout_workers`).
+    """
     env_fns = [functools.partial(make_env, cfg) for _ in range(cfg.ppo.num_envs)]
     validate = router_validator(cfg) if cfg.checkpoints.validation_interval > 0 else None
     return train(cfg, env_fns, out_dir=out_dir, resume=resume, demonstrator=router_demonstrator(cfg.warm_start),
                  metadata=router_metadata(cfg), info_keys=RoutingEnv.info_keys(cfg.reward),
-                 stop_after_updates=stop_after_updates, progress=progress, validate=validate)
+                 stop_after_updates=stop_after_updates, progress=progress, validate=validate,
+                 rollout_workers=rollout_workers)

@@ -18,6 +18,7 @@ recurrent minibatches of whole chunks  ``RolloutBuffer.sequences`` + ``ActorCrit
 same distribution for old/new logp     temperature stored per step and reused in ``evaluate_actions``
 observation / reward normalisation     ``normalizers``; fitted in the stabilisation phase, then frozen
 bit-for-bit resume                     ``_checkpoint_payload`` / ``_restore``; environments replayed by seed+actions
+rollouts on Ray actors (optional)      ``rollout_workers.RolloutPool.collect`` (``rollout_workers=`` of :func:`train`)
 =====================================  ============================================================
 
 Environments must be deterministic for a seed: resume re-creates each environment's current episode from its
@@ -48,6 +49,7 @@ from rlserve.rl.config import TrainConfig
 from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, StdoutWriter, TensorBoardWriter, Writer
 from rlserve.rl.normalizers import ReturnScaler, RunningNormalizer
 from rlserve.rl.rollout_buffer import RolloutBuffer
+from rlserve.rl.rollout_workers import RolloutPool, RolloutWorkers
 from rlserve.rl.temperature import TemperatureController
 
 CHECKPOINT_KIND = "ppo"
@@ -73,6 +75,7 @@ class TrainResult:
     model: ActorCritic | None = None
     best_path: Path | None = None  # the best validated checkpoint (with a validate callback)
     best_score: float = -float("inf")
+    worker_replacements: int = 0  # rollout workers that died and were replaced (with rollout workers)
 
 
 class PPOTrainer:
@@ -159,11 +162,14 @@ class PPOTrainer:
 
 # ----------------------------------------------------------------------------------------------- environments
 class _EnvRunner:
-    """Steps ``num_envs`` environments in lockstep, remembering each episode's seed and actions for resume."""
+    """Steps ``num_envs`` environments in lockstep, remembering each episode's seed and actions for resume.
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], seed: int) -> None:
+    ``first_index``: the run-wide index of the first environment (a rollout worker owns a slice of them).
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], seed: int, first_index: int = 0) -> None:
         self.envs = [fn() for fn in env_fns]
-        self.seed = seed
+        self.seed, self.first_index = seed, first_index
         self.episode = [0] * len(self.envs)  # episode index per environment
         self.actions: list[list[int]] = [[] for _ in self.envs]  # actions so far in the current episode
         self.ep_return = np.zeros(len(self.envs))
@@ -174,7 +180,7 @@ class _EnvRunner:
 
     def episode_seed(self, i: int) -> int:
         """Seed of environment ``i``'s current episode: distinct per (run seed, env, episode)."""
-        ss = np.random.SeedSequence([self.seed, i, self.episode[i]])
+        ss = np.random.SeedSequence([self.seed, self.first_index + i, self.episode[i]])
         return int(ss.generate_state(1)[0])
 
     def reset(self, i: int) -> np.ndarray:
@@ -238,7 +244,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
           resume: bool = False, demonstrator: Demonstrator | None = None, metadata: dict[str, Any] | None = None,
           info_keys: Sequence[str] = (), stop_after_updates: int | None = None,
           progress: Callable[[int, int, dict[str, float]], None] | None = None,
-          validate: Callable[[Path], float] | None = None) -> TrainResult:
+          validate: Callable[[Path], float] | None = None,
+          rollout_workers: RolloutWorkers | None = None) -> TrainResult:
     """Train a recurrent actor-critic with PPO on ``len(env_fns)`` lockstep environments.
 
     Args:
@@ -253,6 +260,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         progress: called after every update with (update, total_updates, scalars).
         validate: scores a checkpoint file (higher = better) after behaviour cloning and every
             ``checkpoints.validation_interval`` updates; the best one is copied to ``out_dir/best.pt``.
+        rollout_workers: collect the PPO rollouts with Ray actors (:mod:`rlserve.rl.rollout_workers`); statistics
+            stabilisation and behaviour cloning stay in this process. ``None``: everything in this process.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
@@ -338,6 +347,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
                            p.gamma, p.gae_lambda)
     history: list[dict[str, float]] = []
     last = stop_after_updates if stop_after_updates is not None else cfg.total_updates
+    pool = None if rollout_workers is None else RolloutPool(rollout_workers, cfg, env_fns, obs_dim, action_dim,
+                                                            info_keys)
     ppo_steps, ppo_wall = 0, 0.0
     while update < min(last, cfg.total_updates):
         t_iter = time.perf_counter()
@@ -347,12 +358,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         # rollout
         buffer.reset()
         model.eval()
-        with torch.no_grad():
-            for _ in range(p.num_steps):
-                obs_raw, hxs, masks = _step_envs(cfg, runner, model, buffer, obs_raw, hxs, masks, obs_norm,
-                                                 ret_scaler, temp_ctl, logger, info_keys)
-            obs_t = torch.as_tensor(obs_norm.normalize(obs_raw))
-            _, _, last_values, _, _ = model.act_value(obs_t, hxs, masks)
+        if pool is not None:
+            last_values, hxs, masks = pool.collect(runner, model, obs_norm, ret_scaler, buffer, hxs, masks, update,
+                                                   logger)
+        else:
+            with torch.no_grad():
+                for _ in range(p.num_steps):
+                    obs_raw, hxs, masks = _step_envs(cfg, runner, model, buffer, obs_raw, hxs, masks, obs_norm,
+                                                     ret_scaler, temp_ctl, logger, info_keys)
+                obs_t = torch.as_tensor(obs_norm.normalize(obs_raw))
+                _, _, last_values, _, _ = model.act_value(obs_t, hxs, masks)
         buffer.compute_gae(last_values)
         # learn
         model.train()
@@ -387,11 +402,14 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
             progress(update, cfg.total_updates, scalars)
     logger.close()
     runner.close()
+    if pool is not None:
+        pool.close()
     wall = time.perf_counter() - t_start
     best_path = ck_path.with_name("best.pt") if ck_path is not None else None
     return TrainResult(ck_path if ck_path is not None and ck_path.exists() else None, update, env_steps,
                        wall_before + wall, ppo_steps / ppo_wall if ppo_wall else float("nan"), history, bc_stats,
-                       model, best_path if best_path is not None and best_path.exists() else None, best_score)
+                       model, best_path if best_path is not None and best_path.exists() else None, best_score,
+                       pool.replacements if pool is not None else 0)
 
 
 def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: float, logger: Logger,
