@@ -39,6 +39,11 @@ def train_energy_cmd(
     block_size: Annotated[int | None, typer.Option(help="Train for one KV block size (the sweep scheme).")] = None,
     reward: Annotated[str | None, typer.Option(help="Override env.reward (energy_per_token, greendls).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Play episodes on this many Ray actors (a local Ray; needs rlserve[ray]); the learner "
+        "learns from them in order.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Run the episode actors on this Ray cluster (--workers N of them, default 2).")] = None,
 ) -> None:
     """Train the dueling double-DQN energy controller in the simulator."""
     import dataclasses
@@ -67,7 +72,10 @@ def train_energy_cmd(
                 f"episode {i + 1}: {m.get('energy_per_output_token_j', float('nan')):.3f} J/out-token, "
                 f"miss {m.get('slo_miss_rate', float('nan')):.3f}"))
 
-        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode)
+        parallel = parallel_options(None if ray_address else workers, ray_address)
+        n_workers = (workers or 2) if parallel.uses_ray else None
+        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode, workers=n_workers,
+                              parallel=parallel)
     console.print(f"trained {result.steps} steps in {result.episodes} episodes ({result.wall_s:.0f} s); "
                   f"policy: {Path(out) / 'policy.pt'}")
 
