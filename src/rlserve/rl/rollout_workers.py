@@ -31,7 +31,7 @@ import torch
 from rlserve.errors import BackendError, ConfigError
 from rlserve.parallel import Parallel, ensure_ray
 from rlserve.rl.logger import Logger
-from rlserve.rl.normalizers import ReturnScaler, RunningNormalizer
+from rlserve.rl.normalizers import ReturnScaler
 from rlserve.rl.rollout_buffer import RolloutBuffer
 
 #: Buffer fields a worker sends back, and the dimension that indexes environments in each.
@@ -72,14 +72,14 @@ class _MeanRecorder(Logger):
 class RolloutWorker:
     """A Ray actor: environments ``first .. first + len(env_fns) - 1`` of the run, and a copy of the policy."""
 
-    def __init__(self, cfg: Any, env_fns: Sequence[Callable[[], gym.Env]], first: int, obs_dim: int,
-                 action_dim: int, info_keys: Sequence[str]) -> None:
-        from rlserve.rl.ppo import _build_model, _EnvRunner
+    def __init__(self, cfg: Any, env_fns: Sequence[Callable[[], gym.Env]], first: int, model: Any,
+                 obs_dim: int, action_dim: int, info_keys: Sequence[str]) -> None:
+        from rlserve.rl.ppo import _EnvRunner
 
         torch.set_num_threads(1)
-        self.cfg, self.info_keys = cfg, tuple(info_keys)
+        self.cfg, self.info_keys, self.action_dim = cfg, tuple(info_keys), action_dim
         self.runner = _EnvRunner(env_fns, cfg.seed, first_index=first)
-        self.model = _build_model(cfg, obs_dim, action_dim)
+        self.model = model  # the learner's network (a copy): the weights arrive with every rollout
         self.obs_raw = np.zeros((len(env_fns), obs_dim))
 
     def restore(self, episodes: list[int], actions: list[list[int]], ep_return: list[float],
@@ -91,7 +91,7 @@ class RolloutWorker:
         self.runner.ep_return = np.asarray(ep_return, np.float64)
         self.runner.ep_len = np.asarray(ep_len, np.int64)
 
-    def rollout(self, weights: dict[str, torch.Tensor], obs_norm: dict[str, Any], ret_scaler: dict[str, Any],
+    def rollout(self, weights: dict[str, torch.Tensor], obs_norm: Any, ret_scaler: dict[str, Any],
                 hxs: torch.Tensor, masks: torch.Tensor, seed: int) -> dict[str, Any]:
         """``ppo.num_steps`` lockstep steps of this worker's environments under ``weights``; the segment back."""
         from rlserve.rl.ppo import _step_envs
@@ -100,12 +100,11 @@ class RolloutWorker:
         cfg, p, n = self.cfg, self.cfg.ppo, len(self.runner.envs)
         self.model.load_state_dict(weights)
         self.model.eval()
-        norm = RunningNormalizer(self.obs_raw.shape[1])
-        norm.load_state_dict(obs_norm)
+        norm = obs_norm  # the learner's frozen normaliser (a copy)
         scaler = ReturnScaler(n)
         scaler.load_state_dict(ret_scaler)
         temp = TemperatureController(cfg.temperature.base_temperature)  # static temperature (checked by the pool)
-        buffer = RolloutBuffer(p.num_steps, n, self.obs_raw.shape[1], self.model.action_dim,
+        buffer = RolloutBuffer(p.num_steps, n, self.obs_raw.shape[1], self.action_dim,
                                (hxs.shape[0], hxs.shape[2]), p.gamma, p.gae_lambda)
         log = _MeanRecorder()
         torch.manual_seed(seed)
@@ -137,6 +136,7 @@ class RolloutPool:
         bounds = np.linspace(0, n, spec.num_workers + 1).round().astype(int)
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self._args = (cfg, list(env_fns), obs_dim, action_dim, tuple(info_keys))
+        self._model: Any = None  # a copy of the learner's network, for new actors
         self._actor_cls = self.ray.remote(num_cpus=1, max_restarts=0)(RolloutWorker)
         self.actors: list[Any] = [None] * spec.num_workers
         self.starts = [0] * spec.num_workers
@@ -148,12 +148,13 @@ class RolloutPool:
         s = self.slices[k]
         options = {"name": f"{self.spec.name_prefix}{k}-{self.starts[k]}"} if self.spec.name_prefix else {}
         self.starts[k] += 1
-        actor = self._actor_cls.options(**options).remote(cfg, env_fns[s], s.start, obs_dim, action_dim, info_keys)
+        actor = self._actor_cls.options(**options).remote(cfg, env_fns[s], s.start, self._model, obs_dim, action_dim,
+                                                          info_keys)
         actor.restore.remote(runner.episode[s], [list(a) for a in runner.actions[s]], runner.ep_return[s].tolist(),
                              runner.ep_len[s].tolist())
         self.actors[k] = actor
 
-    def collect(self, runner: Any, model: torch.nn.Module, obs_norm: RunningNormalizer, ret_scaler: ReturnScaler,
+    def collect(self, runner: Any, model: torch.nn.Module, obs_norm: Any, ret_scaler: ReturnScaler,
                 buffer: RolloutBuffer, hxs: torch.Tensor, masks: torch.Tensor, update: int,
                 logger: Logger) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fill ``buffer`` with one rollout of every worker; returns (last values, hidden state, masks).
@@ -162,11 +163,13 @@ class RolloutPool:
         bookkeeping, so checkpoints and worker replacement see the state after this rollout.
         """
         ray = self.ray
+        if self._model is None:
+            self._model = copy.deepcopy(model)
         for k, actor in enumerate(self.actors):
             if actor is None:
                 self._start(k, runner)
         weights = ray.put({k: v.detach().clone() for k, v in model.state_dict().items()})
-        norm_state = obs_norm.state_dict()
+        norm_state = ray.put(obs_norm)
 
         def submit(k: int) -> Any:
             s = self.slices[k]
