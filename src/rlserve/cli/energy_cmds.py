@@ -285,6 +285,7 @@ def sweep_cmd(
     evaluation does.
     """
     import dataclasses
+    import functools
 
     from rlserve.envs.energy_env import with_block_size
     from rlserve.envs.energy_eval import ControllerCell, ControllerResult, best_by, run_controller_cell
@@ -307,7 +308,11 @@ def sweep_cmd(
             jobs.append((dataclasses.replace(cfg, env=env, dqn=dqn), run_dir))
     with progress_bar(console) as progress:
         task = progress.add_task("training (one DQN per scenario x block size)", total=len(jobs))
-        map_cells(train_energy_cell, jobs, parallel, lambda i, _: progress.update(
+        train = train_energy_cell
+        if not parallel.uses_ray:  # in this process the running training also shows its episodes
+            episodes = progress.add_task("episodes of the current training", total=None)
+            train = functools.partial(train_energy_cell, on_episode_end=lambda *_: progress.advance(episodes))
+        map_cells(train, jobs, parallel, lambda i, _: progress.update(
             task, advance=1, description=f"trained {jobs[i][1]}"))
     cells = [ControllerCell(f"dqn:{policies[k]}", with_block_size(bases[k[0]], k[1]), seed,
                             _action_space(policies[k], config, [k[0]]), 1.0, False)

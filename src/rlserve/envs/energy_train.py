@@ -120,13 +120,14 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
                  episode_workers=episode_workers)
 
 
-def train_energy_cell(job: tuple[EnergyTrainConfig, Path]) -> Path:
+def train_energy_cell(job: tuple[EnergyTrainConfig, Path],
+                      on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> Path:
     """One training run of a sweep (a Ray task body, or a plain call): trains ``job = (config, out_dir)``.
 
     Returns ``out_dir``; on a Ray cluster it must be on storage every node sees.
     """
     config, out_dir = job
-    train_energy(config, out_dir)
+    train_energy(config, out_dir, on_episode_end=on_episode_end)
     return Path(out_dir)
 
 

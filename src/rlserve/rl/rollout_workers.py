@@ -93,14 +93,14 @@ class RolloutWorker:
 
     def rollout(self, weights: dict[str, torch.Tensor], obs_norm: Any, ret_scaler: dict[str, Any],
                 hxs: torch.Tensor, masks: torch.Tensor, seed: int) -> dict[str, Any]:
-        """``ppo.num_steps`` lockstep steps of this worker's environments under ``weights``; the segment back."""
+        """``ppo.num_steps`` lockstep steps of this worker's environments under ``weights`` and the learner's frozen
+        normaliser ``obs_norm`` (a copy); the segment back."""
         from rlserve.rl.ppo import _step_envs
         from rlserve.rl.temperature import TemperatureController
 
         cfg, p, n = self.cfg, self.cfg.ppo, len(self.runner.envs)
         self.model.load_state_dict(weights)
         self.model.eval()
-        norm = obs_norm  # the learner's frozen normaliser (a copy)
         scaler = ReturnScaler(n)
         scaler.load_state_dict(ret_scaler)
         temp = TemperatureController(cfg.temperature.base_temperature)  # static temperature (checked by the pool)
@@ -111,8 +111,9 @@ class RolloutWorker:
         with torch.no_grad():
             for _ in range(p.num_steps):
                 self.obs_raw, hxs, masks = _step_envs(cfg, self.runner, self.model, buffer, self.obs_raw, hxs, masks,
-                                                      norm, scaler, temp, log, self.info_keys)
-            _, _, last_values, _, _ = self.model.act_value(torch.as_tensor(norm.normalize(self.obs_raw)), hxs, masks)
+                                                      obs_norm, scaler, temp, log, self.info_keys)
+            obs_t = torch.as_tensor(obs_norm.normalize(self.obs_raw))
+            _, _, last_values, _, _ = self.model.act_value(obs_t, hxs, masks)
         return {"segment": {k: getattr(buffer, k) for k in SEGMENT_FIELDS}, "last_values": last_values,
                 "hxs": hxs, "masks": masks, "returns": scaler.returns, "means": log.calls,
                 "episodes": list(self.runner.episode), "actions": [list(a) for a in self.runner.actions],
