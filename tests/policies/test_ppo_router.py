@@ -68,10 +68,25 @@ def test_router_protocol_determinism_and_simulation(trained):
 
 
 @pytest.mark.filterwarnings("ignore:token caps shortened")
-def test_wrong_cluster_size_and_wrong_checkpoints(trained, tmp_path):
+def test_one_replica_set_checkpoint_routes_every_cluster_size(trained):
     out, _ = trained
+    router = PPORouter(out / "checkpoint.pt")
+    assert router.replica_set and router.num_replicas is None
+    assert router.supports(1) and router.supports(64) and not router.supports(65)
+    for name in ("energy_steady", "heterogeneous"):  # 1 and 4 replicas, one router object in turn
+        scn = load_scenario(name).with_num_requests(60)
+        result = simulate(scn.cluster, scn.build_workload(0), router)
+        assert result.records.finished.all()
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_flat_checkpoint_refuses_other_sizes_and_wrong_checkpoints(tmp_path):
+    flat = load_config(overrides={**TINY, "total_updates": 1, "network": {**TINY["network"], "architecture": "flat"}})
+    out = tmp_path / "flat"
+    train_router(flat, out)
+    assert PPORouter(out / "checkpoint.pt").num_replicas == 4
     scn = load_scenario("energy_steady").with_num_requests(5)
-    with pytest.raises(ConfigError, match="routes over 4 replicas"):
+    with pytest.raises(ConfigError, match="routes 4 replicas"):
         simulate(scn.cluster, scn.build_workload(0), PPORouter(out / "checkpoint.pt"))
     save_checkpoint(tmp_path / "dqn.pt", {}, kind="dqn_energy")
     with pytest.raises(InputError, match="expected 'ppo'"):
@@ -119,7 +134,7 @@ def test_cli_train_router_and_resume(tmp_path):
     assert torch.load(tmp_path / "o" / "checkpoint.pt", weights_only=True)["update"] == 2
     small = torch.load(tmp_path / "small.pt", weights_only=True)
     assert "optimizer" not in small and small["update"] == 2
-    assert make_router(f"ppo:{tmp_path / 'small.pt'}").num_replicas == 4
+    assert make_router(f"ppo:{tmp_path / 'small.pt'}").supports(16)
 
 
 @pytest.mark.filterwarnings("ignore:token caps shortened")

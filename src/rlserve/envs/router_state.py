@@ -69,6 +69,11 @@ class StateBuilder:
 
     def feature_names(self) -> list[str]:
         """One name per state entry, in order (for docs, debugging and the checkpoint's metadata)."""
+        names = [f"r{i}.{f}" for i in range(self.num_replicas) for f in self.replica_feature_names()]
+        return names + self.global_feature_names()
+
+    def replica_feature_names(self) -> list[str]:
+        """Names of one replica's features, in order (the same for every replica)."""
         c = self.cfg
         per = ["queue_length", "allocated_blocks", "total_blocks", "kv_utilization", "kv_available",
                "running", "preempted_recent", "allocation_map_size", "batch_capacity", "block_size", "num_stages"]
@@ -82,8 +87,12 @@ class StateBuilder:
         for k in range(c.max_queue_requests_per_replica):
             per += [f"q{k}_{f}" for f in ("age_s", "prompt_tokens", "processed_tokens", "remaining_prefill",
                                           "done_fraction", "output_tokens", "priority")]
-        names = [f"r{i}.{f}" for i in range(self.num_replicas) for f in per]
-        names += ["global_queue_length", "throughput_rps", "avg_latency_s"]
+        return per
+
+    def global_feature_names(self) -> list[str]:
+        """Names of the cluster-wide and request features, in order."""
+        c = self.cfg
+        names = ["global_queue_length", "throughput_rps", "avg_latency_s"]
         if c.enable_enhanced_features:
             names += ["qps_current", "qps_ema", "qps_trend", "qps_variance", "load_balance_cv",
                       "global_queue_delta", "completion_rate"]
@@ -139,6 +148,34 @@ class StateBuilder:
         return _features(fields.reshape(n, _NUM_FIELDS), queue, queued, float(snapshot.time_s), request is not None,
                          arrival_s, prompt, output, c.enable_enhanced_features, c.include_capability, c.include_work,
                          c.include_request, float(c.ema_alpha), self._dimension, *self._history)
+
+    def build_set(self, snapshot: ClusterSnapshot, request: Request | None, slots: int | None = None) -> np.ndarray:
+        """The same features in the replica-set layout of :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic`:
+        ``[global | replica count | replica 0 | ... ]``, zero-padded to ``slots`` replicas (default: no padding).
+
+        Nothing in it depends on where a replica is listed: each replica's block is computed from that replica and
+        cluster-wide quantities (maxima, minima, sums) only, and the blocks are in snapshot order, so listing the
+        replicas in another order permutes the blocks and changes nothing else.
+        """
+        flat = self.build(snapshot, request)
+        n, per = self.num_replicas, self.replica_dimension()
+        slots = n if slots is None else slots
+        if slots < n:
+            raise ValueError(f"{n} replicas do not fit in {slots} slots")
+        out = np.zeros(self.set_dimension(slots))
+        g = flat.size - n * per
+        out[:g] = flat[n * per:]
+        out[g] = n
+        out[g + 1: g + 1 + n * per] = flat[: n * per]
+        return out
+
+    def global_dimension(self) -> int:
+        """Global (cluster and request) features."""
+        return self._dimension - self.num_replicas * self.replica_dimension()
+
+    def set_dimension(self, slots: int) -> int:
+        """Length of a replica-set vector with ``slots`` replica slots."""
+        return self.global_dimension() + 1 + slots * self.replica_dimension()
 
     def _compile(self) -> None:
         """Run the kernel once on a blank cluster: numba compiles on the first call (seconds when its disk cache is

@@ -31,6 +31,18 @@ from rlserve.errors import ConfigError
 class NetworkConfig:
     """Actor-critic architecture (see :mod:`rlserve.rl.actor_critic`)."""
 
+    architecture: Literal["replica_set", "flat"] = "replica_set"
+    """``replica_set``: the permutation-equivariant network (shared per-replica encoder, one logit per replica,
+    any cluster size with one set of weights; a deviation from the seed, see docs/ppo_router.md). ``flat``: the
+    seed's network over one flat vector, for exactly ``env.num_replicas`` replicas in a fixed order."""
+    prior_feature: str | None = "latency_gap_s"
+    """Replica-set network: the replica feature whose standardised value, times ``-prior_scale`` (learnable), is
+    added to the replica's logit (the residual prior; the default is least-expected-latency's gap to the best
+    replica, so the untrained policy routes like that heuristic). null = no prior."""
+    prior_scale: float = 3.0
+    """Initial weight of the residual prior (logits per standard deviation of the prior feature)."""
+    zero_init_head: bool = True
+    """Replica-set network: the learned correction of the logits starts at exactly 0 (else the 0.01-gain init)."""
     hidden_size: int = 64
     """Width of hidden layers and GRUs (seed: 128; 64 learns as well here at half the CPU cost)."""
     proj_dim: int = 128
@@ -256,7 +268,15 @@ class EnvConfig:
     """Scenario names or YAML paths sampled per episode; ``randomized`` draws a random 4-replica cluster and
     workload (see :mod:`rlserve.envs.scenario_sampler`)."""
     num_replicas: int = 4
-    """Cluster size of ``randomized`` scenarios (the action space size)."""
+    """Flat network: the cluster size of ``randomized`` scenarios (the action space size)."""
+    min_replicas: int = 2
+    """Replica-set network: the smallest cluster drawn by ``randomized`` (sizes are uniform in [min, max])."""
+    max_replicas: int = 16
+    """Replica-set network: the largest cluster drawn, and the padded width of training observations (the trained
+    network routes any size; this only bounds what it was trained on)."""
+    holdout: list[str] = field(default_factory=lambda: ["code", "summarisation", "two_tier", "one_fast"])
+    """Randomised scenario families never drawn in training (``envs.scenario_sampler.FAMILIES``): the benchmark
+    reports on them separately, as the generalisation figure."""
 
 
 @dataclass
@@ -353,6 +373,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     t = cfg.temperature
     if not 0 < t.min_temperature <= t.base_temperature <= t.max_temperature:
         raise ConfigError("temperature: need 0 < min_temperature <= base_temperature <= max_temperature")
+    if not 1 <= cfg.env.min_replicas <= cfg.env.max_replicas:
+        raise ConfigError("env: need 1 <= min_replicas <= max_replicas")
     if cfg.total_updates < 1 or cfg.env.episode_requests < 2:
         raise ConfigError("total_updates must be >= 1 and env.episode_requests >= 2")
     return cfg
