@@ -14,8 +14,8 @@ from rlserve.policies import make_router
 from rlserve.rl.config import RewardConfig, StateConfig
 from rlserve.scenario import load_scenario
 from rlserve.sim import ClusterSimulator, simulate
-from rlserve.snapshot import ClusterSnapshot
 from rlserve.sim.lookahead import simulate_lookahead
+from rlserve.snapshot import ClusterSnapshot
 
 
 def test_passes_gymnasium_env_checker():

@@ -80,6 +80,8 @@ class PPORouter:
         self._builders: dict[int, StateBuilder] = {}
         self.state_builder = self._builder(self.num_replicas or 2)
         b = self.state_builder
+        built: tuple[int, ...]
+        expected: tuple[int, ...]
         if self.replica_set:
             built = (b.global_dimension(), b.replica_dimension())
             expected = (int(layout["global_dim"]), int(layout["replica_dim"]))

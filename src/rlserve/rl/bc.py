@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from rlserve.errors import ConfigError
 from rlserve.rl.actor_critic import RecurrentPolicy
-from rlserve.rl.normalizers import ReplicaSetNormalizer, RunningNormalizer
+from rlserve.rl.normalizers import ObsNormalizer
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Demonstrations:
     actions: np.ndarray
     episode_starts: np.ndarray
 
-    def normalized(self, norm: RunningNormalizer | ReplicaSetNormalizer) -> Demonstrations:
+    def normalized(self, norm: ObsNormalizer) -> Demonstrations:
         """The same demonstrations with observations passed through ``norm``."""
         return Demonstrations(norm.normalize(self.obs), self.actions, self.episode_starts)
 

@@ -218,3 +218,7 @@ class ReplicaSetNormalizer:
         self.globals.load_state_dict(state["globals"])
         self.replica.load_state_dict(state["replica"])
         self.clip = self.globals.clip
+
+
+ObsNormalizer = RunningNormalizer | ReplicaSetNormalizer
+"""Either observation normaliser (flat network / replica-set network)."""

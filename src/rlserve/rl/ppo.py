@@ -46,7 +46,7 @@ from rlserve.rl.bc import Demonstrations, behaviour_clone
 from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rlserve.rl.config import TrainConfig
 from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, StdoutWriter, TensorBoardWriter, Writer
-from rlserve.rl.normalizers import ReplicaSetNormalizer, ReturnScaler, RunningNormalizer
+from rlserve.rl.normalizers import ObsNormalizer, ReplicaSetNormalizer, ReturnScaler, RunningNormalizer
 from rlserve.rl.rollout_buffer import RolloutBuffer
 from rlserve.rl.temperature import TemperatureController
 
@@ -438,7 +438,7 @@ def build_model(cfg: TrainConfig, obs_dim: int, action_dim: int,
 
 
 def build_normalizer(cfg: TrainConfig, obs_dim: int,
-                     layout: dict[str, Any] | None = None) -> RunningNormalizer | ReplicaSetNormalizer:
+                     layout: dict[str, Any] | None = None) -> ObsNormalizer:
     """The observation normaliser of the architecture: per position (flat) or shared by every replica."""
     s = cfg.state
     if cfg.network.architecture == "replica_set" and layout is not None:
@@ -446,7 +446,7 @@ def build_normalizer(cfg: TrainConfig, obs_dim: int,
     return RunningNormalizer(obs_dim, clip=s.norm_clip, eps=s.norm_eps)
 
 
-def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: RunningNormalizer | ReplicaSetNormalizer,
+def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, demonstrator: Demonstrator | None,
                rng: np.random.Generator) -> tuple[np.ndarray, Demonstrations | None]:
     """Drive the environments with the demonstrator's behaviour (or at random), fitting only the normalisers.
@@ -484,7 +484,7 @@ def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_no
 
 
 def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: RecurrentPolicy, buffer: RolloutBuffer,
-               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: RunningNormalizer | ReplicaSetNormalizer,
+               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, temp_ctl: TemperatureController, logger: Logger,
                info_keys: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """One lockstep step of every environment, stored in ``buffer``; returns the next obs, hidden state, masks."""
@@ -551,7 +551,7 @@ def check_compatible(data: dict[str, Any], obs_dim: int, action_dim: int) -> Non
 
 
 def _checkpoint_payload(cfg: TrainConfig, model: RecurrentPolicy, optimizer: torch.optim.Optimizer,
-                        reference: RecurrentPolicy | None, obs_norm: RunningNormalizer | ReplicaSetNormalizer,
+                        reference: RecurrentPolicy | None, obs_norm: ObsNormalizer,
                         ret_scaler: ReturnScaler,
                         temp_ctl: TemperatureController, rng: np.random.Generator, update: int, env_steps: int,
                         wall_s: float, runner: _EnvRunner, hxs: torch.Tensor, masks: torch.Tensor, obs_dim: int,
