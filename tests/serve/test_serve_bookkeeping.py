@@ -22,7 +22,7 @@ def _book(**spec: object) -> ReplicaBook:
 
 def test_pending_tokens_follow_a_request_through_its_life() -> None:
     book = _book()
-    t = book.add(7, arrival_s=1.0, prompt_tokens=50, output_tokens=10)
+    t = book.add(7, arrival_s=1.0, prompt_tokens=50, max_tokens=10)
     s = book.state(1.0)
     assert (s.pending_prefill_tokens, s.pending_decode_tokens) == (50, 10)
     book.first_token(t, 1.5)
@@ -92,7 +92,7 @@ def test_every_state_field_is_filled_from_its_source() -> None:
     book = _book(max_num_seqs=8, block_size=16, kv_blocks_total=1000, decode_tokens_per_s=55.0,
                  prefill_tokens_per_s=7000.0, sm_clock_mhz=1410.0, num_stages=2)
     for i in range(11):
-        t = book.add(i, arrival_s=0.5 * i, prompt_tokens=100 + i, output_tokens=20 + i)
+        t = book.add(i, arrival_s=0.5 * i, prompt_tokens=100 + i, max_tokens=20 + i)
         if i < 3:
             book.first_token(t, 0.5 * i + 0.25)
             book.tokens(t, 4)
@@ -117,7 +117,7 @@ def test_every_state_field_is_filled_from_its_source() -> None:
     assert got == expected
     assert len({v for v in expected.values() if isinstance(v, int | float) and not isinstance(v, bool)}) >= 15
     assert len(s.queue) == 2 and s.queue[0].age_s == 6.0 - oldest.arrival_s
-    assert (s.queue[0].prompt_tokens, s.queue[0].output_tokens) == (oldest.prompt_tokens, oldest.output_tokens)
+    assert (s.queue[0].prompt_tokens, s.queue[0].max_tokens) == (oldest.prompt_tokens, oldest.max_tokens)
 
 
 def test_configured_geometry_wins_over_metrics_and_cap_defaults_to_max_num_seqs() -> None:

@@ -68,7 +68,7 @@ async def test_requests_go_where_the_router_says_and_it_sees_the_request_sizes()
                 replicas.append(int(r.headers["X-Rlserve-Replica"]))
         assert replicas == [1, 1, 0, 1, 1, 0]
         assert [s.counters.success for s in servers] == [2, 4]
-        assert [(q.prompt_tokens, q.output_tokens) for q in router.requests] == [(10 + i, 3) for i in range(6)]
+        assert [(q.prompt_tokens, q.max_tokens) for q in router.requests] == [(10 + i, 3) for i in range(6)]
         assert [q.id for q in router.requests] == list(range(6))
         # the states the router saw: nothing outstanding between sequential requests, completions counted
         last = router.states[-1]

@@ -87,3 +87,31 @@ def test_same_seed_same_choices() -> None:
     a = make_router("random", seed=3)
     b = make_router("random", seed=3)
     assert [a.select(REQ, s) for _ in range(50)] == [b.select(REQ, s) for _ in range(50)]
+
+
+def test_routers_in_simulation_see_declared_sizes_never_the_truth() -> None:
+    """Information parity: the Request a router gets carries max_tokens, and no field holds the true length."""
+    import numpy as np
+
+    from rlserve.sim import ClusterSimulator
+    from rlserve.sim.config import ClusterConfig, ReplicaConfig
+    from rlserve.workload.request import Workload
+
+    seen: list[Request] = []
+
+    class Spy:
+        name = "spy"
+
+        def reset(self, seed: int | None = None) -> None: ...
+
+        def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
+            seen.append(request)
+            return 0
+
+    w = Workload.from_arrays(np.arange(5) * 0.1, np.full(5, 100), np.array([3, 4, 5, 6, 7]),
+                             max_tokens=np.full(5, 512))
+    sim = ClusterSimulator(ClusterConfig((ReplicaConfig(model="llama-2-7b", gpu="a100-80gb"),)), w)
+    sim.run(Spy())
+    assert [r.max_tokens for r in seen] == [512] * 5
+    assert "output_tokens" not in Request._fields
+    assert sim.finish().records.output_tokens.tolist() == [3, 4, 5, 6, 7]  # the truth was executed

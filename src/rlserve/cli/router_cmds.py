@@ -104,7 +104,8 @@ def evaluate_router_cmd(
                 first_records.setdefault(r, result.records)
                 progress.advance(overall)
     aggregated = {r: aggregate(s) for r, s in summaries.items()}
-    table = Table(title=f"{scn.name}: mean ± 95% CI over seeds {first_seed}..{first_seed + seeds - 1}")
+    table = Table(title=f"{scn.name}: mean ± 95% CI over seeds {first_seed}..{first_seed + seeds - 1}, "
+                        f"max_tokens {scn.workload.max_tokens.source()}")
     table.add_column("router")
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
@@ -119,6 +120,7 @@ def evaluate_router_cmd(
         from rlserve.report.run_output import write_json
 
         write_json(json_out, {"scenario": scn.name, "seeds": list(range(first_seed, first_seed + seeds)),
+                              "max_tokens": scn.workload.max_tokens.source(),
                               "checkpoint": str(checkpoint) if checkpoint else "shipped", "routers": aggregated,
                               "best_heuristic": best, "gain_vs_best": gains, "wall_s": wall,
                               "runs": {r: [s.to_dict() for s in ss] for r, ss in summaries.items()}})

@@ -65,13 +65,15 @@ def simulate(
     wall_s = time.perf_counter() - t0
     summary = result.summary(scn.slo)
     console.print(summary_table(f"{scn.name} (seed {seed}, {summary.num_requests} requests, "
-                                f"{result.duration_s:.0f} s simulated in {wall_s:.2f} s)", {router: summary}))
+                                f"{result.duration_s:.0f} s simulated in {wall_s:.2f} s, "
+                                f"max_tokens {scn.workload.max_tokens.source()})", {router: summary}))
     if result.rejected:
         console.print(f"[yellow]{result.rejected} requests were rejected (too long for the replica).[/]")
     if output is not None:
         from rlserve.report.run_output import save_run
 
-        meta = {"scenario": scn.name, "router": router, "seed": seed, "wall_s": wall_s}
+        meta = {"scenario": scn.name, "router": router, "seed": seed, "wall_s": wall_s,
+                "max_tokens": scn.workload.max_tokens.source()}
         paths = save_run(output, result.records, summary, meta, label=router)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
@@ -112,7 +114,8 @@ def compare(
     names = parse_router_list(routers)
     with _progress() as progress:
         results = compare_routers(scn, names, list(range(seeds)), progress)
-    table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds")
+    table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds, max_tokens "
+                        f"{scn.workload.max_tokens.source()}")
     table.add_column("router")
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
@@ -123,6 +126,7 @@ def compare(
     if json_out is not None:
         from rlserve.report.run_output import write_json
 
-        write_json(json_out, {"scenario": scn.name, "seeds": seeds, "routers": aggregated,
+        write_json(json_out, {"scenario": scn.name, "seeds": seeds, "max_tokens": scn.workload.max_tokens.source(),
+                              "routers": aggregated,
                               "runs": {r: [s.to_dict() for s in ss] for r, ss in results.items()}})
         console.print(f"wrote {json_out}")

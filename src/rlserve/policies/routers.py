@@ -135,7 +135,7 @@ class LeastExpectedLatencyRouter(_Seeded):
     speed, plus its own output at the replica's single-sequence decode speed slowed by the batch it joins
     (decode iterations get slower as the batch grows; ``BATCH_SLOWDOWN`` sequences double the per-token time,
     roughly where a 7B model's decode stops being weight-bandwidth bound). It uses only what a proxy also
-    knows (the proxy sees ``max_tokens`` instead of the true output length).
+    knows: the request's declared ``max_tokens``, not its true output length.
     """
 
     name = "least_expected_latency"
@@ -144,7 +144,7 @@ class LeastExpectedLatencyRouter(_Seeded):
     def estimate_s(r: ReplicaState, request: Request) -> float:
         """The estimated latency (seconds) of ``request`` on replica ``r`` (:func:`expected_latency_s`)."""
         return expected_latency_s(r.pending_prefill_tokens, request.prompt_tokens, r.prefill_tokens_per_s,
-                                  r.num_waiting + r.num_running, request.output_tokens, r.decode_tokens_per_s)
+                                  r.num_waiting + r.num_running, request.max_tokens, r.decode_tokens_per_s)
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
         """Replica with the lowest estimated latency for ``request``."""

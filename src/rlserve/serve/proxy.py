@@ -274,10 +274,10 @@ class RouterProxy:
 
     async def _route(self, request: web.Request, raw: bytes, body: dict[str, Any]) -> web.StreamResponse:
         cfg = self.config
-        prompt_tokens, output_tokens, output_exact = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
+        prompt_tokens, max_tokens, output_exact = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
         rid = self.arrivals_total
         arrival_s = self.now_s()
-        req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+        req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
         replica = self.decide(req)
         self.arrivals_total += 1
         if not self.books[replica].healthy:
@@ -290,7 +290,7 @@ class RouterProxy:
         last_error = ""
         while True:
             book = self.books[replica]
-            tracked = book.add(rid, arrival_s, prompt_tokens, output_tokens, output_exact)
+            tracked = book.add(rid, arrival_s, prompt_tokens, max_tokens, output_exact)
             try:
                 return await self._attempt(request, raw, stream, book, rid, tracked, deadline)
             except _AttemptFailed as exc:
@@ -529,7 +529,7 @@ def _final_stream_tokens(tail: bytes, t: Tracked) -> int | None:
     if usage is not None:
         return usage
     if t.output_exact and (b'"finish_reason":"length"' in tail or b'"finish_reason": "length"' in tail):
-        return t.output_tokens
+        return t.max_tokens
     return None
 
 

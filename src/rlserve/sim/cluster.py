@@ -97,7 +97,7 @@ class ClusterSimulator:
         self.seed = seed  # the simulator itself is deterministic; the seed is recorded for provenance
         self.table = RequestTable(
             workload.arrival_s.tolist(), workload.prompt_tokens.tolist(), workload.output_tokens.tolist(),
-            workload.prefix_id.tolist(), workload.prefix_tokens.tolist())
+            workload.prefix_id.tolist(), workload.prefix_tokens.tolist(), workload.max_tokens.tolist())
         perfs = list(perf_models) if perf_models is not None else [build_perf_model(c) for c in cluster.replicas]
         self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps)
                          for i, (c, p) in enumerate(zip(cluster.replicas, perfs, strict=True))]
@@ -144,14 +144,15 @@ class ClusterSimulator:
         replicas = self.replicas
         num = self.num_replicas
         table = self.table
-        prompt, output, prefix_id, prefix_tokens = table.prompt, table.output, table.prefix_id, table.prefix_tokens
+        # what the router is told: the declared max_tokens, never the true output length (table.output)
+        prompt, declared, prefix_id, prefix_tokens = table.prompt, table.declared, table.prefix_id, table.prefix_tokens
         select = router.select
         queue_k = getattr(router, "queue_k", 0)  # per-request queue views, as the proxy honours too
         for i in range(self._next, max(end, self._next)):
             t = arrival[i]
             self.now = t
             self._next = i
-            r = select(Request(i, t, prompt[i], output[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
+            r = select(Request(i, t, prompt[i], declared[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
             if not 0 <= r < num:
                 raise ConfigError(f"router {getattr(router, 'name', router)!r} chose replica {r}, "
                                   f"outside [0, {num})")

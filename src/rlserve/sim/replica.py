@@ -32,7 +32,7 @@ from typing import Protocol
 from rlserve.errors import ConfigError
 from rlserve.sim.config import ReplicaConfig
 from rlserve.snapshot import RECENT_LATENCY_EWMA_ALPHA as _EWMA_ALPHA
-from rlserve.snapshot import QueuedRequestView, ReplicaState
+from rlserve.snapshot import QueuedRequestView, ReplicaState, decode_tokens_left
 
 INF = math.inf
 NAN = math.nan
@@ -59,14 +59,18 @@ class RequestTable:
 
     Live decode state of a request in a replica's decode group is stored relative to that replica's step
     counter ``g``: tokens in KV = ``g + off``, tokens generated = ``g + goff``.
+
+    ``output`` is the true output length, which only the engine's execution reads; ``declared`` is the client's
+    ``max_tokens``, the only output size that reaches a :class:`~rlserve.snapshot.ReplicaState`.
     """
 
     def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int], prefix_id: list[int],
-                 prefix_tokens: list[int]) -> None:
+                 prefix_tokens: list[int], declared: list[int] | None = None) -> None:
         n = len(arrival_s)
         self.arrival = arrival_s
         self.prompt = prompt
-        self.output = output
+        self.output = output  # truth: executed, never observed
+        self.declared = list(output) if declared is None else declared
         self.prefix_id = prefix_id
         self.prefix_tokens = prefix_tokens
         self.replica = [-1] * n
@@ -173,7 +177,7 @@ class Replica:
         self.assigned += 1
         prompt = t.prompt[rid]
         blocks = -(-(prompt + t.output[rid]) // self.bs)
-        if prompt + t.output[rid] > self.cfg.max_model_len or blocks > self.total_blocks - self.watermark_blocks or (
+        if prompt + t.declared[rid] > self.cfg.max_model_len or blocks > self.total_blocks - self.watermark_blocks or (
                 self.prefill_priority and prompt > self.budget):
             t.rejected[rid] = True  # vLLM would refuse it; it never runs (counted, not silently dropped)
             self.rejected += 1
@@ -181,7 +185,7 @@ class Replica:
         t.need[rid] = prompt
         self.waiting.append(rid)
         self.pending_prefill += prompt
-        self.pending_decode += t.output[rid]
+        self.pending_decode += decode_tokens_left(t.declared[rid], 0)
         self._interrupt(now)
 
     def set_sm_clock(self, mhz: float, now: float) -> None:
@@ -345,6 +349,7 @@ class Replica:
         t.finish[rid] = end
         t.finished_order.append(rid)
         self.completed += 1
+        self.pending_decode -= decode_tokens_left(t.declared[rid], t.output[rid])  # ended before max_tokens
         e2e = end - t.arrival[rid]
         self.recent_e2e = e2e if self.completed == 1 else self.recent_e2e + _EWMA_ALPHA * (e2e - self.recent_e2e)
 
@@ -651,5 +656,5 @@ class Replica:
             views.append(QueuedRequestView(
                 age_s=now - t.arrival[rid], prompt_tokens=t.prompt[rid], processed_tokens=ctx,
                 remaining_prefill_tokens=0 if rid in self.decoding else t.need[rid],
-                output_tokens=t.output[rid], generated_tokens=gen))
+                max_tokens=t.declared[rid], generated_tokens=gen))
         return tuple(views)

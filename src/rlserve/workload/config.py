@@ -21,7 +21,7 @@ import numpy as np
 
 from rlserve.errors import ConfigError
 from rlserve.workload import arrivals, lengths, loaders
-from rlserve.workload.request import Workload
+from rlserve.workload.request import EXACT_SOURCE, Workload
 
 # kind -> (required keys, optional keys), besides "kind" itself.
 ARRIVAL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -45,6 +45,15 @@ FILE_LOADERS: dict[str, Callable[..., loaders.TokenTrace]] = {
     "azure": loaders.load_azure_csv,
     "sharegpt": loaders.load_sharegpt_json,
 }
+MAX_TOKENS_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("tokens",), ()),
+    "multiple": (("factor",), ()),
+    "exact": ((), ()),
+    "trace": ((), ()),
+}
+DEFAULT_MAX_TOKENS = 2048
+"""The declared ``max_tokens`` of a scenario that does not say: a common chat-client setting (OpenAI-style clients
+and UIs often send 1024-4096; vLLM itself defaults to the remaining context). Capped by the model length."""
 ORDERS = ("sample", "sequential")
 # Warn when the prefix is cut to the prompt for more than this share of prefixed requests.
 PREFIX_CUT_WARN_FRACTION = 0.1
@@ -77,6 +86,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "output_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "share_fraction": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "tokens": _COUNT,
+    "factor": (lambda v: _is_real(v) and v >= 1, "a number >= 1 (max_tokens bounds the output)"),
     "order": (lambda v: v in ORDERS, f"one of {', '.join(ORDERS)}"),
     "path": (lambda v: isinstance(v, str | Path) and str(v) != "", "a file path"),
     "tokenizer": (lambda v: isinstance(v, str | Path) and str(v) != "", "a path to a tokenizer.json"),
@@ -147,6 +158,32 @@ class PrefixConfig:
 
 
 @dataclass(frozen=True)
+class MaxTokensConfig:
+    """What each client declares as ``max_tokens`` (the only output size a router may see).
+
+    - ``fixed``: every request declares ``tokens``;
+    - ``multiple``: ``ceil(factor * true output)`` (a client that knows roughly how long answers are);
+    - ``exact``: the true output length, an oracle no deployment has (results say so);
+    - ``trace``: the lengths file's ``max_tokens`` column.
+
+    Every kind is capped by the model length (``max_model_len - prompt``, as clients must: vLLM refuses longer
+    requests), and the true output is cut to the declared size (generation stops at ``max_tokens``).
+    """
+
+    kind: str = "fixed"
+    tokens: int | None = DEFAULT_MAX_TOKENS
+    factor: float | None = None
+
+    def source(self) -> str:
+        """The label results carry (:attr:`rlserve.workload.Workload.max_tokens_source`)."""
+        if self.kind == "fixed":
+            return f"fixed:{self.tokens}"
+        if self.kind == "multiple":
+            return f"multiple:{self.factor:g}"
+        return EXACT_SOURCE if self.kind == "exact" else "trace"
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
     """A whole workload: how many requests, when they arrive, how long they are, caps and prefixes.
 
@@ -160,6 +197,7 @@ class WorkloadConfig:
     max_output_tokens: int | None = None
     max_total_tokens: int | None = None
     prefix: PrefixConfig | None = None
+    max_tokens: MaxTokensConfig = MaxTokensConfig()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
@@ -168,13 +206,18 @@ class WorkloadConfig:
         Relative paths are resolved against ``base_dir`` (the scenario file's folder) and must exist.
         """
         top = _section(d, where, "", ("arrival", "lengths"),
-                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix"))
+                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix",
+                        "max_tokens"))
         arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
         lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
         prefix = top.get("prefix")
         if prefix is not None:
             prefix_keys = tuple(f.name for f in dataclasses.fields(PrefixConfig))
             prefix = PrefixConfig(**_section(prefix, where, "prefix.", prefix_keys, ()))
+        max_tokens = MaxTokensConfig()
+        if top.get("max_tokens") is not None:
+            declared = _kinded(top["max_tokens"], where, "max_tokens.", MAX_TOKENS_KEYS)
+            max_tokens = MaxTokensConfig(**{"tokens": None, **declared})
         for key in ("path", "tokenizer"):
             if lens.get(key) is not None:
                 lens[key] = Path(base_dir) / Path(lens[key]).expanduser()
@@ -191,6 +234,7 @@ class WorkloadConfig:
             max_output_tokens=top.get("max_output_tokens"),
             max_total_tokens=top.get("max_total_tokens"),
             prefix=prefix,
+            max_tokens=max_tokens,
         )
         _check_combination(cfg, where)
         return cfg
@@ -264,6 +308,9 @@ def _check_combination(cfg: WorkloadConfig, where: str) -> None:
         if lens.order == "sample":
             raise ConfigError(f"{where}: lengths.order must be sequential when arrival.kind is trace "
                               "(each row's lengths belong to its arrival time)")
+    if cfg.max_tokens.kind == "trace" and lens.kind != "trace":
+        raise ConfigError(f"{where}: max_tokens.kind trace reads the max_tokens column of a lengths file, so "
+                          f"lengths.kind must be trace, not {lens.kind}")
     if cfg.num_requests is None and (lens.kind not in FILE_LOADERS or _order(cfg) != "sequential"):
         raise ConfigError(f"{where}: num_requests is required unless the lengths file is taken in order")
 
@@ -293,8 +340,12 @@ def load_lengths_file(cfg: LengthConfig) -> loaders.TokenTrace:
     return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0)
 
 
-def build_workload(cfg: WorkloadConfig, seed: int) -> Workload:
-    """Draw the workload a config describes; the same config and seed give identical arrays."""
+def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = None) -> Workload:
+    """Draw the workload a config describes; the same config and seed give identical arrays.
+
+    ``max_model_len`` (the cluster's smallest context length, when known) caps the declared ``max_tokens`` at
+    ``max_model_len - prompt`` as a client must; the true output is then cut to the declared size.
+    """
     if not _is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     arrival_rng, length_rng, prefix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
@@ -305,9 +356,32 @@ def build_workload(cfg: WorkloadConfig, seed: int) -> Workload:
         prompt, output, max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
         max_total_tokens=cfg.max_total_tokens,
     )
+    declared = declared_max_tokens(cfg.max_tokens, prompt, output, max_model_len,
+                                   None if trace is None or trace_rows is None else trace.max_tokens)
+    output = np.minimum(output, declared)
     arrival_s = _draw_arrivals(cfg.arrival, n, arrival_rng, trace, trace_rows)
     prefix_id, prefix_tokens = _draw_prefixes(cfg.prefix, prompt, prefix_rng)
-    return Workload(arrival_s, prompt, output, prefix_id, prefix_tokens)
+    return Workload(arrival_s, prompt, output, prefix_id, prefix_tokens, declared, cfg.max_tokens.source())
+
+
+def declared_max_tokens(c: MaxTokensConfig, prompt: np.ndarray, output: np.ndarray, max_model_len: int | None,
+                        trace_column: np.ndarray | None = None) -> np.ndarray:
+    """Each request's declared ``max_tokens`` (see :class:`MaxTokensConfig`), capped by the model length."""
+    n = len(prompt)
+    if c.kind == "fixed":
+        declared = np.full(n, c.tokens, np.int64)
+    elif c.kind == "multiple":
+        declared = np.ceil(c.factor * output).astype(np.int64)
+    elif c.kind == "exact":
+        declared = output.copy()
+    else:
+        if trace_column is None:
+            raise ConfigError("max_tokens.kind trace needs a lengths file with a max_tokens column, taken in order "
+                              "(lengths.order: sequential)")
+        declared = np.asarray(trace_column[:n], np.int64)
+    if max_model_len is not None and c.kind != "exact":
+        declared = np.minimum(declared, np.maximum(max_model_len - prompt, 1))
+    return np.maximum(declared, 1)
 
 
 def _draw_lengths(
