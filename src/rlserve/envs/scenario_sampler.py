@@ -17,6 +17,9 @@ below; a family named in ``holdout`` is never drawn (training) so that the bench
 - **arrivals**: Poisson, gamma with inter-arrival CV up to 6 (shape down to 1/36), a linear ramp, or a compressed
   diurnal cycle (piecewise-constant rates); the mean load is a utilisation ``rho ~ U[0.3, 1.1]`` of the cluster's
   estimated request capacity (sum over replicas of :func:`request_capacity_rps`), light to just past saturation.
+- **declared sizes** (what the router sees of the output; the simulator executes the truth): half of the episodes
+  declare a fixed ``max_tokens`` (512-4096, as chat clients do; outputs longer than it are cut), the other half a
+  multiple (1-4x) of the true length (clients that know roughly what they ask for).
 - **prefix sharing** in 25% of episodes: a share of requests carries one of a few shared prompt prefixes.
 
 Named scenarios (``configs/scenarios``) can be mixed in; their seeds vary per episode.
@@ -193,6 +196,10 @@ class ScenarioSampler:
             "lengths": {"kind": "lognormal", "prompt_mean": p_mean, "prompt_median": p_mean / ratio,
                         "output_mean": o_mean, "output_median": o_mean / ratio},
             "max_total_tokens": max_total}
+        if rng.random() < 0.5:
+            workload["max_tokens"] = {"kind": "fixed", "tokens": int(rng.choice([512, 1024, 2048, 4096]))}
+        else:
+            workload["max_tokens"] = {"kind": "multiple", "factor": float(rng.uniform(1.0, 4.0))}
         prefix = None
         if share_prefix:
             prefix = {"share_fraction": float(rng.uniform(0.3, 0.9)), "num_prefixes": int(rng.integers(4, 65)),
@@ -203,5 +210,5 @@ class ScenarioSampler:
                             f"({mix}: {gpus})", ClusterConfig(replicas), cfg, Slo())
         params = {"source": RANDOMIZED, "replicas": n, "model": model, "gpu_mix": mix, "gpus": gpus,
                   "kv_blocks": kv_blocks, "lengths": family, "arrival": kind, "rho": rho, "qps": qps,
-                  "prefix": prefix}
+                  "max_tokens": workload["max_tokens"], "prefix": prefix}
         return SampledScenario(scenario, params)
