@@ -59,7 +59,8 @@ def replica_sizes(cfg: TrainConfig) -> tuple[int, int] | None:
 def make_env(cfg: TrainConfig) -> RoutingEnv:
     """One routing environment as the config describes it."""
     return RoutingEnv(cfg.env.scenarios, num_replicas=cfg.env.num_replicas, episode_requests=cfg.env.episode_requests,
-                      state=cfg.state, reward=cfg.reward, replica_set=replica_sizes(cfg), holdout=cfg.env.holdout)
+                      state=cfg.state, reward=cfg.reward, replica_set=replica_sizes(cfg), holdout=cfg.env.holdout,
+                      lookahead_ttft_weight=cfg.warm_start.lookahead_ttft_weight)
 
 
 def router_metadata(cfg: TrainConfig) -> dict[str, Any]:

@@ -33,7 +33,9 @@ from rlserve.workload.request import Request
 
 LOOKAHEAD_TEACHER = "lookahead"
 """Teacher name of the clairvoyant lookahead planner (:mod:`rlserve.sim.lookahead`): demonstrations only."""
-LOOKAHEAD_TTFT_WEIGHT = 1.0  # the planner's cost = completion + first-token times, as the hindsight cost weighs them
+LOOKAHEAD_TTFT_WEIGHT = 1.0
+"""Default weight of first-token times in the lookahead teacher's cost (completion + weight x first-token times, as
+the hindsight cost weighs them); ``warm_start.lookahead_ttft_weight`` overrides it."""
 
 SYSTEM_KEYS = ("system/throughput_rps", "system/latency_s", "system/queue_length", "system/outstanding",
                "system/balance_cv", "system/qps")
@@ -53,6 +55,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
             action space has ``max`` actions, of which the first ``n`` are valid. ``None``: the flat layout for
             exactly ``num_replicas``.
         holdout: randomised families never drawn (see :mod:`scenario_sampler`).
+        lookahead_ttft_weight: the lookahead teacher's weight of first-token times.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -60,8 +63,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(self, scenarios: Sequence[str] = (RANDOMIZED,), *, num_replicas: int = 4,
                  episode_requests: int = 1024, state: StateConfig | None = None,
                  reward: RewardConfig | None = None, replica_set: tuple[int, int] | None = None,
-                 holdout: Sequence[str] = ()) -> None:
+                 holdout: Sequence[str] = (), lookahead_ttft_weight: float = LOOKAHEAD_TTFT_WEIGHT) -> None:
         super().__init__()
+        self.lookahead_ttft_weight = lookahead_ttft_weight
         self.replica_set = replica_set
         sizes = (num_replicas, num_replicas) if replica_set is None else replica_set
         self.sampler = ScenarioSampler(scenarios, sizes, holdout=holdout)
@@ -247,7 +251,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         """This episode's whole workload routed by ``router`` (a heuristic or the lookahead teacher)."""
         assert self.sim is not None
         if router == LOOKAHEAD_TEACHER:
-            return simulate_lookahead(self.sim.cluster, self.sim.workload, ttft_weight=LOOKAHEAD_TTFT_WEIGHT)[0]
+            return simulate_lookahead(self.sim.cluster, self.sim.workload, ttft_weight=self.lookahead_ttft_weight)[0]
         return simulate(self.sim.cluster, self.sim.workload, make_router(router, seed=self._router_seed))
 
     def heuristic_action(self, router: str) -> int:
@@ -258,7 +262,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         if router == LOOKAHEAD_TEACHER:
             assert self.sim is not None
             if self._planner is None:
-                self._planner = LookaheadPlanner(self.sim, LOOKAHEAD_TTFT_WEIGHT)
+                self._planner = LookaheadPlanner(self.sim, self.lookahead_ttft_weight)
             return self._planner.choose()
         if router not in self._routers:
             self._routers[router] = make_router(router, seed=self._router_seed + len(self._routers))

@@ -277,7 +277,7 @@ def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.nd
     return _exec(program, params, x, hidden, new_hidden), new_hidden
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.ndarray, params: np.ndarray,
              g_mean: np.ndarray, g_scale: np.ndarray, r_mean: np.ndarray, r_scale: np.ndarray, clip: float,
              obs: np.ndarray, global_dim: int, replica_dim: int, prior_index: int, prior_weight: np.float32,
@@ -310,13 +310,28 @@ def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.nd
     pooled = _exec(pool, params, pooled_in, hidden, hidden)
     new_hidden = np.empty_like(hidden)
     a = _exec(gru, params, pooled, hidden, new_hidden)
-    head_in = np.empty(3 * width, np.float32)
-    head_in[width:2 * width] = pooled
-    head_in[2 * width:] = a
+    # the head's first layer reads [e_i | pooled | a]: the pooled and memory part is the same for every replica,
+    # so it is computed once (exact: a dot product split in two sums, within the reordering _affine allows)
+    hidden_out = head[0, 2]
+    shared = np.empty(hidden_out, np.float32)
+    w, bias = head[0, 3], head[0, 4]
+    for j in range(hidden_out):
+        row = w + j * 3 * width
+        acc = np.float32(0.0)
+        for k in range(width):
+            acc += params[row + width + k] * pooled[k] + params[row + 2 * width + k] * a[k]
+        shared[j] = acc + params[bias + j]
+    first = np.empty(hidden_out, np.float32)
     logits = np.empty(n, np.float32)
     for i in range(n):
-        head_in[:width] = e_rows[i]
-        logit = _exec(head, params, head_in, hidden, hidden)[0]
+        e = e_rows[i]
+        for j in range(hidden_out):
+            row = w + j * 3 * width
+            acc = np.float32(0.0)
+            for k in range(width):
+                acc += params[row + k] * e[k]
+            first[j] = acc + shared[j]
+        logit = _exec(head[1:], params, first, hidden, hidden)[0]
         if prior_index >= 0:
             logit -= prior_weight * reps[i, prior_index]
         logits[i] = logit
@@ -359,6 +374,8 @@ class CompiledReplicaSetActor:
             params += prog.params
             offset = prog.size
         self._encoder, self._pool, self._gru, self._head = programs
+        if self._head[0, 0] != _LINEAR or self._head[0, 1] != 3 * h:  # _run_set splits this layer's product
+            raise ValueError("compiled actor: the replica-set head must start with a linear layer over 3 x hidden")
         self._params = np.concatenate(params)
         self._prior_index = -1 if model.prior_feature is None else model.prior_feature
         self._prior_weight = np.float32(float(torch.nn.functional.softplus(model.prior_weight.detach())))

@@ -211,6 +211,9 @@ class WarmStartConfig:
     better (in hindsight, mean E2E + mean TTFT) by more than ``teacher_margin``. One name = always that router.
     Besides router names, ``lookahead`` is the clairvoyant planner of ``rlserve.sim.lookahead`` (it sees true output
     lengths, so it can teach in simulation but never route for real; docs/ppo_router.md has its results)."""
+    lookahead_ttft_weight: float = 1.0
+    """Weight of first-token times in the ``lookahead`` teacher's cost (completion times + weight x first-token
+    times); larger values make its demonstrations protect the TTFT tail more."""
     teacher_margin: float = 0.0
     """Relative cost advantage another candidate needs to replace the first teacher for an episode (0 = plain
     hindsight best). A 5% margin (fewer teacher switches on near-ties) scored worse in our validation runs."""
