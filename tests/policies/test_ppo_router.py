@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -11,7 +12,7 @@ from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT, PPORouter
 from rlserve.rl.checkpoints import save_checkpoint
 from rlserve.rl.config import load_config
 from rlserve.scenario import load_scenario
-from rlserve.sim import simulate
+from rlserve.sim import ClusterConfig, simulate
 
 TINY = {"total_updates": 2, "seed": 1,
         "network": {"hidden_size": 16, "proj_dim": 16},
@@ -156,3 +157,21 @@ def test_router_training_resumes_bit_for_bit(tmp_path):
     resumed = train_router(cfg, tmp_path / "b", resume=True)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_replica_order_does_not_change_the_results(trained):
+    # the same cluster and workload with the replicas listed in three orders: the same metrics within seed noise
+    # (the network and the state are equivariant; only exact ties are broken at random, as heuristics do)
+    out, _ = trained
+    scn = load_scenario("heterogeneous").with_num_requests(400)
+    wl = scn.build_workload(5)
+    means = []
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        cluster = ClusterConfig(tuple(scn.cluster.replicas[i] for i in order))
+        result = simulate(cluster, wl, PPORouter(out / "checkpoint.pt"))
+        means.append(result.summary(scn.slo).e2e_s["mean"])
+        fast = [i for i, j in enumerate(order) if scn.cluster.replicas[j].gpu == "h100-sxm"]
+        assert np.isin(result.records.replica, fast).mean() > 0.5  # same behaviour: most traffic to the H100s
+    median = float(np.median(means))
+    assert max(abs(m - median) for m in means) / median < 0.01, means

@@ -78,7 +78,7 @@ class PPORouter:
             self.num_replicas = int(meta["num_replicas"])
             self.actor = CompiledActor(self.model, self.normalizer)
         self._builders: dict[int, StateBuilder] = {}
-        self.state_builder = self._builder(self.num_replicas or 2)
+        self.state_builder = self.builder_for(self.num_replicas or 2)
         b = self.state_builder
         built: tuple[int, ...]
         expected: tuple[int, ...]
@@ -96,7 +96,8 @@ class PPORouter:
         self.queue_k = self.state_cfg.max_queue_requests_per_replica  # worlds may fill this many views
         self.reset()
 
-    def _builder(self, n: int) -> StateBuilder:
+    def builder_for(self, n: int) -> StateBuilder:
+        """The state builder for clusters of ``n`` replicas (one per size, made on first use)."""
         if n not in self._builders:
             self._builders[n] = StateBuilder(n, self.state_cfg)
         return self._builders[n]
@@ -121,7 +122,7 @@ class PPORouter:
             raise ConfigError(f"this PPO checkpoint routes {self._sizes()} replicas, the cluster has {n}"
                               + ("; train one for this cluster size" if self.num_replicas is not None else ""))
         if n != self.state_builder.num_replicas:  # the cluster changed size: start over with its builder
-            self.state_builder = self._builder(n)
+            self.state_builder = self.builder_for(n)
             self.state_builder.reset()
             self._hidden = self.actor.initial_state()
         if self.queue_k and not self._warned_queue and any(r.outstanding and not r.queue for r in snapshot.replicas):

@@ -188,14 +188,19 @@ def _sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(cache=True, nogil=True)
-def _exec(program: np.ndarray, params: np.ndarray, x_in: np.ndarray, hidden: np.ndarray,
-          new_hidden: np.ndarray) -> np.ndarray:
-    """Run ``program`` on the float32 vector ``x_in``; GRU rows read ``hidden[layer]`` and write ``new_hidden``.
-    Returns the output vector (a new array)."""
-    width = x_in.size
+def _width(program: np.ndarray, width: int) -> int:
+    """The scratch width ``program`` needs for an input of ``width`` values."""
     for r in range(program.shape[0]):
         width = max(width, program[r, 2], 3 * program[r, 2] if program[r, 0] == _GRU else 0)
-    scratch = np.empty((4, width), np.float32)  # one allocation for the four work vectors
+    return width
+
+
+@numba.njit(cache=True, nogil=True)
+def _exec(program: np.ndarray, params: np.ndarray, x_in: np.ndarray, hidden: np.ndarray,
+          new_hidden: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Run ``program`` on the float32 vector ``x_in``; GRU rows read ``hidden[layer]`` and write ``new_hidden``.
+    ``scratch``: ``(4, >= _width(program, x_in.size))`` float32 work space, reused across calls (no allocation per
+    call). Returns the output vector, a view into ``scratch`` (valid until the next call with it)."""
     x, y, gi, gh = scratch[0], scratch[1], scratch[2], scratch[3]
     for i in range(x_in.size):
         x[i] = x_in[i]
@@ -247,7 +252,7 @@ def _exec(program: np.ndarray, params: np.ndarray, x_in: np.ndarray, hidden: np.
                 out[i] = new + update * (h[i] - new)
                 x[i] = out[i]
             layer += 1
-    return x[:n].copy()
+    return x[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -274,7 +279,8 @@ def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.nd
     x = np.empty(obs.size, np.float32)
     _standardise(obs, mean, scale, clip, x)
     new_hidden = np.empty_like(hidden)
-    return _exec(program, params, x, hidden, new_hidden), new_hidden
+    scratch = np.empty((4, _width(program, obs.size)), np.float32)
+    return _exec(program, params, x, hidden, new_hidden, scratch).copy(), new_hidden
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -294,10 +300,12 @@ def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.nd
     for i in range(n):
         _standardise(obs[base + i * replica_dim: base + (i + 1) * replica_dim], r_mean, r_scale, clip, reps[i])
     width = encoder[encoder.shape[0] - 1, 2]
+    scratch = np.empty((4, max(_width(encoder, x_in.size), _width(pool, 2 * width), _width(gru, width),
+                               _width(head, 3 * width))), np.float32)
     e_rows = np.empty((n, width), np.float32)
     for i in range(n):
         x_in[:replica_dim] = reps[i]
-        e_rows[i] = _exec(encoder, params, x_in, hidden, hidden)  # no GRU rows: the hidden state is untouched
+        e_rows[i] = _exec(encoder, params, x_in, hidden, hidden, scratch)  # no GRU rows: hidden is untouched
     pooled_in = np.zeros(2 * width, np.float32)
     for i in range(n):
         e = e_rows[i]
@@ -307,9 +315,9 @@ def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.nd
                 pooled_in[width + j] = e[j]
     for j in range(width):
         pooled_in[j] /= np.float32(n)
-    pooled = _exec(pool, params, pooled_in, hidden, hidden)
+    pooled = _exec(pool, params, pooled_in, hidden, hidden, scratch).copy()
     new_hidden = np.empty_like(hidden)
-    a = _exec(gru, params, pooled, hidden, new_hidden)
+    a = _exec(gru, params, pooled, hidden, new_hidden, scratch).copy()
     # the head's first layer reads [e_i | pooled | a]: the pooled and memory part is the same for every replica,
     # so it is computed once (exact: a dot product split in two sums, within the reordering _affine allows)
     hidden_out = head[0, 2]
@@ -331,7 +339,7 @@ def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.nd
             for k in range(width):
                 acc += params[row + k] * e[k]
             first[j] = acc + shared[j]
-        logit = _exec(head[1:], params, first, hidden, hidden)[0]
+        logit = _exec(head[1:], params, first, hidden, hidden, scratch)[0]
         if prior_index >= 0:
             logit -= prior_weight * reps[i, prior_index]
         logits[i] = logit
