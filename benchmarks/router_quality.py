@@ -18,6 +18,12 @@ Replica-order sensitivity: PPO routes each scenario with the replicas listed in 
 fixed random permutation); per scenario ``max |mean E2E - median| / median`` over the orders (means over seeds);
 the figure is the worst scenario.
 
+Information parity (issue #11): scenarios run with their realistic declared ``max_tokens``; unless ``--no-exact``,
+the shipped scenarios are run once more with ``max_tokens: exact`` (an oracle: routers see the true output lengths)
+and printed as a second table, so the difference shows what that information no deployment has was worth. Each
+row also gives the prefix-aware routers' (and least_expected_latency's) mean-E2E gain over least_outstanding, and
+the best heuristic's finished/rejected counts.
+
 Targets (issue #12): mean E2E never > 1% worse than the best heuristic; >= 5% better where the lookahead's headroom
 is >= 10%; P99 TTFT never > 10% worse; order sensitivity < 1%. The last two lines are
 ``router_quality_min_gain_vs_best=<fraction>`` (worst mean-E2E gain over all scenarios, negative = PPO worse) and
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -39,22 +46,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlserve.envs.router_training import make_env, train_router
 from rlserve.envs.scenario_sampler import ScenarioSampler
-from rlserve.policies import ROUTERS, make_router
+from rlserve.experiments import HEURISTICS
+from rlserve.policies import make_router
 from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT
-from rlserve.rl.config import TrainConfig, from_dict
+from rlserve.rl.config import TrainConfig, from_dict, load_config
 from rlserve.scenario import Scenario, list_scenarios, load_scenario
 from rlserve.sim import ClusterConfig, simulate
 from rlserve.sim.lookahead import simulate_lookahead
+from rlserve.workload.config import MaxTokensConfig
 
 LOOKAHEAD = "clairvoyant_lookahead"
+BASELINE = "least_outstanding"
+NEW = ("prefix_affinity", "llmd", "lmetric", "loadaware", "least_expected_latency")
 HOLDOUT_SEED = 7_700_001  # the held-out scenarios drawn for the benchmark (fixed; training never uses it)
 METRICS = ("e2e_mean_s", "ttft_p99_s")
 
 
 def heuristics() -> list[str]:
-    """Every registered router except the learned one: the set the best heuristic is chosen from."""
-    return sorted(r for r in ROUTERS if r != "ppo")
+    """Every shipped heuristic router (``experiments.HEURISTICS``): the set the best heuristic is chosen from."""
+    return list(HEURISTICS)
 
 
 def holdout_scenarios(families: list[str], per_family: int, num_requests: int) -> list[Scenario]:
@@ -74,17 +86,19 @@ def orders(n: int) -> list[np.ndarray]:
     return [np.arange(n), np.arange(n)[::-1].copy(), np.random.default_rng(n).permutation(n)]
 
 
-def _metrics(scn: Scenario, cluster: ClusterConfig, router: Any, seed: int) -> tuple[float, float]:
-    s = simulate(cluster, scn.build_workload(seed), router).summary(scn.slo)
-    return s.e2e_s["mean"], s.ttft_s["p99"]
+def _metrics(scn: Scenario, cluster: ClusterConfig, router: Any, seed: int) -> tuple[float, float, float, float]:
+    """Mean E2E, P99 TTFT, finished and rejected requests of one run."""
+    res = simulate(cluster, scn.build_workload(seed), router)
+    s = res.summary(scn.slo)
+    return s.e2e_s["mean"], s.ttft_s["p99"], s.num_finished, res.rejected
 
 
 def run_scenario(scn: Scenario, ppo: str, seeds: list[int]) -> dict[str, Any]:
     """Every router on every seed; PPO in three replica orders; the lookahead once per seed."""
     names = heuristics()
-    per: dict[str, list[tuple[float, float]]] = {r: [] for r in [*names, LOOKAHEAD]}
+    per: dict[str, list[tuple[float, ...]]] = {r: [] for r in [*names, LOOKAHEAD]}
     n = len(scn.cluster.replicas)
-    ppo_orders: list[list[tuple[float, float]]] = [[] for _ in range(3)]
+    ppo_orders: list[list[tuple[float, ...]]] = [[] for _ in range(3)]
     t_ppo = 0.0
     for seed in seeds:
         for r in names:
@@ -94,21 +108,25 @@ def run_scenario(scn: Scenario, ppo: str, seeds: list[int]) -> dict[str, Any]:
             t = time.perf_counter()
             ppo_orders[k].append(_metrics(scn, cluster, make_router(ppo, seed=seed), seed))
             t_ppo += time.perf_counter() - t
-        s = simulate_lookahead(scn.cluster, scn.build_workload(seed), seed=seed)[0].summary(scn.slo)
-        per[LOOKAHEAD].append((s.e2e_s["mean"], s.ttft_s["p99"]))
+        res = simulate_lookahead(scn.cluster, scn.build_workload(seed), seed=seed)[0]
+        s = res.summary(scn.slo)
+        per[LOOKAHEAD].append((s.e2e_s["mean"], s.ttft_s["p99"], s.num_finished, res.rejected))
     mean = {r: np.mean(v, axis=0) for r, v in per.items()}
     ppo_mean = np.mean(ppo_orders[0], axis=0)
     best = {m: min(names, key=lambda r, i=i: mean[r][i]) for i, m in enumerate(METRICS)}
     gain = {m: 1.0 - ppo_mean[i] / mean[best[m]][i] for i, m in enumerate(METRICS)}
     headroom = {m: 1.0 - mean[LOOKAHEAD][i] / mean[best[m]][i] for i, m in enumerate(METRICS)}
-    order_e2e = np.array([np.mean([e for e, _ in o]) for o in ppo_orders])
+    order_e2e = np.array([np.mean([row[0] for row in o]) for o in ppo_orders])
     med = float(np.median(order_e2e))
     sensitivity = float(np.max(np.abs(order_e2e - med)) / med)
     ok = gain["e2e_mean_s"] >= -0.01 and gain["ttft_p99_s"] >= -0.10 and (
         headroom["e2e_mean_s"] < 0.10 or gain["e2e_mean_s"] >= 0.05)
+    keys = (*METRICS, "finished", "rejected")
     return {"scenario": scn.name, "replicas": n, "description": scn.description,
-            "metrics": {r: dict(zip(METRICS, map(float, v), strict=True)) for r, v in mean.items()},
-            "ppo": dict(zip(METRICS, map(float, ppo_mean), strict=True)), "best_heuristic": best, "gain_vs_best": gain,
+            "max_tokens": scn.workload.max_tokens.source(),
+            "metrics": {r: dict(zip(keys, map(float, v), strict=True)) for r, v in mean.items()},
+            "ppo": dict(zip(keys, map(float, ppo_mean), strict=True)), "best_heuristic": best, "gain_vs_best": gain,
+            "gain_vs_least_outstanding": {r: 1.0 - mean[r][0] / mean[BASELINE][0] for r in NEW if r in mean},
             "lookahead_headroom": headroom, "order_mean_e2e_s": order_e2e.tolist(), "order_sensitivity": sensitivity,
             "target_met": ok, "ppo_decisions_per_s": 3 * len(seeds) * len(scn.build_workload(seeds[0])) / t_ppo}
 
@@ -120,7 +138,31 @@ def _line(r: dict[str, Any]) -> str:
             f"{r['ppo']['ttft_p99_s'] * 1e3:8.0f}/{m[b['ttft_p99_s']]['ttft_p99_s'] * 1e3:<8.0f} "
             f"{r['gain_vs_best']['e2e_mean_s']:+8.3f} {r['gain_vs_best']['ttft_p99_s']:+8.3f} "
             f"{r['lookahead_headroom']['e2e_mean_s']:+8.3f} {r['order_sensitivity']:7.4f} "
-            f"{'met' if r['target_met'] else 'MISSED'}")
+            f"{'met' if r['target_met'] else 'MISSED':6s} {m[b['e2e_mean_s']]['finished']:5.0f}/"
+            f"{m[b['e2e_mean_s']]['rejected']:<3.0f} "
+            + " ".join(f"{r['gain_vs_least_outstanding'].get(x, float('nan')):+7.3f}" for x in NEW))
+
+
+def training_throughput(cfg: TrainConfig, updates: int = 3) -> dict[str, float]:
+    """Decisions/s of PPO training (rollouts + updates) vs the bare environment driven by a heuristic."""
+    env = make_env(cfg)
+    env.reset(seed=0)
+    steps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < 10.0:
+        _, _, _, trunc, _ = env.step(env.heuristic_action("least_outstanding"))
+        steps += 1
+        if trunc:
+            env.reset(seed=steps)
+    env_rate = steps / (time.perf_counter() - t)
+    quick = load_config(overrides={**cfg.to_dict(), "total_updates": updates,
+                                   "warm_start": {**cfg.to_dict()["warm_start"], "stabilization_steps": 64,
+                                                  "enabled": False},
+                                   "checkpoints": {"validation_interval": 0},
+                                   "monitoring": {"enable_tensorboard": False, "metrics_export": "none"}})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_router(quick, Path(tmp) / "run")
+    return {"env_only_decisions_per_s": env_rate, "training_decisions_per_s": result.decisions_per_s,
+            "training_over_env_ratio": result.decisions_per_s / env_rate}
 
 
 def main() -> None:
@@ -132,6 +174,8 @@ def main() -> None:
     ap.add_argument("--holdout", default=None, help="comma-separated held-out families (default: the checkpoint's)")
     ap.add_argument("--per-family", type=int, default=2)
     ap.add_argument("--holdout-requests", type=int, default=1500)
+    ap.add_argument("--no-exact", action="store_true", help="skip the max_tokens: exact (oracle) table")
+    ap.add_argument("--throughput", action="store_true", help="also measure PPO training decisions/s (~1 min)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     for msg in ("token caps shortened", "prefix.prefix_tokens"):
@@ -151,17 +195,23 @@ def main() -> None:
     print(f"heuristics compared: {', '.join(heuristics())}; seeds {seeds}; lookahead = clairvoyant reference")
     header = (f"{'scenario':26s} {'n':>3s} {'best heuristic (E2E)':24s} {'E2E PPO/best s':>15s} "
               f"{'P99 TTFT PPO/best ms':>17s} {'gain E2E':>8s} {'gain TTFT':>8s} {'headroom':>8s} {'order':>7s} "
-              "target")
-    results: dict[str, list[dict[str, Any]]] = {"shipped": [], "holdout": []}
-    for group, scenarios in (("shipped", shipped), ("holdout", held)):
-        print(f"-- {group} scenarios" + (f" (families never trained on: {', '.join(families)})"
-                                         if group == "holdout" else ""))
+              f"target {'fin/rej':>9s} " + " ".join(f"{x[:7]:>7s}" for x in NEW))
+    exact = [dataclasses.replace(scn, name=f"{scn.name} (exact)", workload=dataclasses.replace(
+        scn.workload, max_tokens=MaxTokensConfig(kind="exact", tokens=None))) for scn in shipped]
+    results: dict[str, list[dict[str, Any]]] = {"shipped": [], "holdout": [], "exact": []}
+    groups = [("shipped", shipped), ("holdout", held)] + ([] if args.no_exact else [("exact", exact)])
+    print(f"gains: 1 - x / best, positive = lower; headroom = clairvoyant lookahead's E2E gain over the best; the "
+          f"last columns: mean-E2E gain over {BASELINE}")
+    for group, scenarios in groups:
+        print(f"-- {group} scenarios" + {"holdout": f" (families never trained on: {', '.join(families)})",
+                                          "exact": " with max_tokens: EXACT (oracle; not in the targets)",
+                                          "shipped": " (declared max_tokens, realistic)"}[group])
         print(header)
         for scn in scenarios:
             r = run_scenario(scn, ppo, seeds)
             results[group].append(r)
             print(_line(r), flush=True)
-    every = results["shipped"] + results["holdout"]
+    every = results["shipped"] + results["holdout"]  # the targets: realistic declared sizes only
     for group, rs in results.items():
         if rs:
             g = [r["gain_vs_best"]["e2e_mean_s"] for r in rs]
@@ -171,6 +221,10 @@ def main() -> None:
     rate = np.mean([r["ppo_decisions_per_s"] for r in every])
     print(f"PPO simulation speed: {rate:.0f} decisions/s; checkpoint trained {ck['wall_s']:.0f} s wall, "
           f"update {ck['update']}, {ck['env_steps']:,} PPO decisions")
+    if args.throughput:
+        tp = training_throughput(cfg)
+        print(f"training throughput: {tp['training_decisions_per_s']:.0f} decisions/s "
+              f"(environment alone: {tp['env_only_decisions_per_s']:.0f}/s; ratio {tp['training_over_env_ratio']:.2f})")
     if args.json is not None:
         args.json.write_text(json.dumps({"seeds": seeds, "checkpoint": str(args.checkpoint), "holdout": families,
                                          **results}, indent=2, default=float))

@@ -81,6 +81,9 @@ class ReplicaState:
     busy_s: float | None = None  # cumulative time the engine was executing iterations (utilisation = d busy / d t)
     healthy: bool = True
     queue: tuple[QueuedRequestView, ...] = ()  # oldest first, at most the builder's K (may be empty)
+    # prompt tokens of the request being routed that this replica is expected to have cached (its prefix index,
+    # the same one in both worlds: rlserve.prefix_index); 0 when nothing matches or no request is being routed
+    prefix_hit_tokens: int = 0
 
     @property
     def outstanding(self) -> int:

@@ -28,6 +28,8 @@ the same situation:
 - ``kv_blocks_used`` = ``kv_cache_usage * num_gpu_blocks`` (usage is a fraction in [0, 1]).
 - ``power_w``, ``energy_j``, ``busy_s`` are ``None``: the proxy does not measure them (the energy controller
   reads NVML itself).
+- ``prefix_hit_tokens`` is the proxy's prefix index's match of the request being routed on this replica
+  (:mod:`rlserve.prefix_index`, the same index the simulator keeps); the caller passes it in.
 """
 
 from __future__ import annotations
@@ -130,8 +132,9 @@ class ReplicaBook:
 
     # --- observation --------------------------------------------------------------------------------------------
 
-    def state(self, now_s: float, queue_k: int = 0) -> ReplicaState:
-        """This replica as a policy sees it at ``now_s`` (proxy clock)."""
+    def state(self, now_s: float, queue_k: int = 0, prefix_hit_tokens: int = 0) -> ReplicaState:
+        """This replica as a policy sees it at ``now_s`` (proxy clock), with the routed request's expected cached
+        prefix here (``prefix_hit_tokens``, from the proxy's prefix index)."""
         spec, gate, engine = self.spec, self.gate, self.engine
         in_flight = gate.in_flight
         engine_waiting = 0
@@ -177,6 +180,7 @@ class ReplicaBook:
             None,  # busy_s
             self.healthy,
             self._queue_view(now_s, queue_k) if queue_k else (),  # queue
+            prefix_hit_tokens,
         )
 
     def _queue_view(self, now_s: float, k: int) -> tuple[QueuedRequestView, ...]:
