@@ -205,3 +205,29 @@ def test_stable_baselines3_ppo_runs_on_the_env():
                 device="cpu")
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_prefix_and_kv_features_are_the_least_expected_latency_routers_own_numbers():
+    from rlserve.policies.routers import LeastExpectedLatencyRouter, expected_output_tokens, kv_load
+
+    scn = load_scenario("shared_prompts_kv").with_num_requests(150)
+    sim = ClusterSimulator(scn.cluster, scn.build_workload(0), seed=0)
+    builder = StateBuilder(len(scn.cluster.replicas), StateConfig(include_prefix_kv=True))
+    names = builder.feature_names()
+    router = make_router("least_expected_latency", seed=0)
+    hits = 0.0
+    while (req := sim.peek_arrival()) is not None:
+        snap = sim.snapshot()
+        row = dict(zip(names, builder.build(snap, req), strict=True))
+        out = expected_output_tokens(req, snap)
+        for i, r in enumerate(snap.replicas):
+            est = LeastExpectedLatencyRouter.estimate_s(r, req, out)
+            assert row[f"r{i}.expected_latency_s"] == pytest.approx(math.log1p(est), rel=1e-12)
+            assert row[f"r{i}.kv_load"] == pytest.approx(kv_load(r, req, out), rel=1e-12)
+            assert row[f"r{i}.prefix_hit_fraction"] == pytest.approx(r.prefix_hit_tokens / req.prompt_tokens)
+            hits += row[f"r{i}.prefix_hit_fraction"]
+        sim.dispatch(router.select(req, snap))
+        nxt = sim.peek_arrival()
+        sim.advance_to(nxt.arrival_s if nxt is not None else sim.now)
+    assert hits > 0  # the scenario shares prefixes: the feature is exercised

@@ -26,7 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from rlserve.policies.routers import expected_latency_s
+from rlserve.policies.routers import KV_GROWTH, expected_latency_s
 from rlserve.rl.config import StateConfig
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
@@ -35,6 +35,7 @@ REPLICA_BASE = 11
 REPLICA_TEMPORAL = 8
 REPLICA_CAPABILITY = 3
 REPLICA_WORK = 5
+REPLICA_PREFIX_KV = 2
 REQUEST_FEATURES = 7
 GLOBAL_BASE = 3
 GLOBAL_TEMPORAL = 7
@@ -58,6 +59,7 @@ class StateBuilder:
         c = self.cfg
         return (REPLICA_BASE + (REPLICA_TEMPORAL if c.enable_enhanced_features else 0)
                 + (REPLICA_CAPABILITY if c.include_capability else 0) + (REPLICA_WORK if c.include_work else 0)
+                + (REPLICA_PREFIX_KV if c.include_prefix_kv else 0)
                 + REQUEST_FEATURES * c.max_queue_requests_per_replica)
 
     def get_state_dimension(self, num_replicas: int | None = None) -> int:
@@ -84,6 +86,8 @@ class StateBuilder:
             per += ["rel_decode_speed", "rel_prefill_speed", "rel_kv_capacity"]
         if c.include_work:
             per += ["prefill_wait_s", "decode_backlog_s", "own_decode_s", "expected_latency_s", "latency_gap_s"]
+        if c.include_prefix_kv:
+            per += ["prefix_hit_fraction", "kv_load"]
         for k in range(c.max_queue_requests_per_replica):
             per += [f"q{k}_{f}" for f in ("age_s", "prompt_tokens", "processed_tokens", "remaining_prefill",
                                           "done_fraction", "output_tokens", "priority")]
@@ -147,7 +151,7 @@ class StateBuilder:
             arrival_s, prompt, output = float(request.arrival_s), int(request.prompt_tokens), int(request.max_tokens)
         return _features(fields.reshape(n, _NUM_FIELDS), queue, queued, float(snapshot.time_s), request is not None,
                          arrival_s, prompt, output, c.enable_enhanced_features, c.include_capability, c.include_work,
-                         c.include_request, float(c.ema_alpha), self._dimension, *self._history)
+                         c.include_request, c.include_prefix_kv, float(c.ema_alpha), self._dimension, *self._history)
 
     def build_set(self, snapshot: ClusterSnapshot, request: Request | None, slots: int | None = None) -> np.ndarray:
         """The same features in the replica-set layout of :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic`:
@@ -192,10 +196,11 @@ class StateBuilder:
 _READ_FIELDS = operator.attrgetter(
     "num_waiting", "num_running", "kv_blocks_used", "kv_blocks_total", "concurrency_cap", "num_preemptions_total",
     "block_size", "num_stages", "decode_tokens_per_s", "prefill_tokens_per_s", "kv_capacity_tokens",
-    "pending_prefill_tokens", "pending_decode_tokens", "completed_total", "recent_e2e_s")
+    "pending_prefill_tokens", "pending_decode_tokens", "completed_total", "recent_e2e_s", "prefix_hit_tokens",
+    "generated_tokens_total")
 (_WAITING, _RUNNING, _BLOCKS_USED, _BLOCKS_TOTAL, _CAP, _PREEMPTIONS, _BLOCK_SIZE, _STAGES, _DECODE_SPEED,
- _PREFILL_SPEED, _KV_CAPACITY, _PENDING_PREFILL, _PENDING_DECODE, _COMPLETED, _RECENT_E2E) = range(
-    _NUM_FIELDS := 15)
+ _PREFILL_SPEED, _KV_CAPACITY, _PENDING_PREFILL, _PENDING_DECODE, _COMPLETED, _RECENT_E2E, _PREFIX_HIT,
+ _GENERATED) = range(_NUM_FIELDS := 17)
 _expected_latency_s = numba.njit(cache=True, nogil=True)(expected_latency_s)  # the router's formula, compiled
 _QUEUE_FIELDS = 7  # age, prompt, processed, remaining prefill, output, generated, priority
 _LOAD_HIST, _PREEMPT_HIST = range(_REPLICA_HISTORIES := 2)
@@ -263,7 +268,7 @@ def _slope_var(values: np.ndarray) -> tuple[float, float]:
 @numba.njit(cache=True, nogil=True)
 def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: float, has_request: bool,
               arrival_s: float, prompt: int, output: int, enhanced: bool, capability: bool, work: bool,
-              request_features: bool, alpha: float, dim: int, replica_hist: np.ndarray, replica_prev: np.ndarray,
+              request_features: bool, prefix_kv: bool, alpha: float, dim: int, replica_hist: np.ndarray, replica_prev: np.ndarray,
               arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray, completion_counts: np.ndarray,
               memory: np.ndarray) -> np.ndarray:
     """The state vector (layout: module docstring); updates the history arrays in place."""
@@ -279,11 +284,28 @@ def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: fl
     max_prefill = _max_or_one(fields[:, _PREFILL_SPEED])
     max_kv = _max_or_one(fields[:, _KV_CAPACITY])
     expected = np.zeros(n)
+    kv = np.zeros(n)
+    if prefix_kv:  # the least-expected-latency router's full estimate: expected output, prefix hit, KV demand
+        completed = generated = 0.0
+        for i in range(n):
+            completed += fields[i, _COMPLETED]
+            generated += fields[i, _GENERATED]
+        out_tokens = min(float(output), generated / completed) if completed > 0 else float(output)
+        for i in range(n):
+            f = fields[i]
+            if f[_KV_CAPACITY] > 0:
+                kv[i] = (f[_BLOCKS_USED] * f[_BLOCK_SIZE] + f[_PENDING_PREFILL] + max(prompt - f[_PREFIX_HIT], 1.0)
+                         + (f[_WAITING] + f[_RUNNING] + 1) * out_tokens * KV_GROWTH) / f[_KV_CAPACITY]
     if work and has_request:
         for i in range(n):
             f = fields[i]
-            expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
-                                              f[_WAITING] + f[_RUNNING], output, f[_DECODE_SPEED])
+            if prefix_kv:
+                expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
+                                                  f[_WAITING] + f[_RUNNING], out_tokens, f[_DECODE_SPEED],
+                                                  f[_PREFIX_HIT], kv[i])
+            else:
+                expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
+                                                  f[_WAITING] + f[_RUNNING], output, f[_DECODE_SPEED])
     best = expected.min()
     for i in range(n):
         f = fields[i]
@@ -317,6 +339,8 @@ def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: fl
             o = _put(out, o, (_log1p((f[_PENDING_PREFILL] + prompt) / f[_PREFILL_SPEED]),
                             _log1p(f[_PENDING_DECODE] / (f[_DECODE_SPEED] * (outstanding + 1))),
                             _log1p(output / f[_DECODE_SPEED]), _log1p(latency_s), _log1p(latency_s - best)))
+        if prefix_kv:
+            o = _put(out, o, (f[_PREFIX_HIT] / prompt if prompt > 0 else 0.0, kv[i]))
         for j in range(queue.shape[1]):
             if j < queued[i]:
                 q = queue[i, j]

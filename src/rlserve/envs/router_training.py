@@ -21,6 +21,7 @@ import numpy as np
 
 from rlserve.envs.routing_env import RoutingEnv
 from rlserve.envs.scenario_sampler import RANDOMIZED, ScenarioSampler
+from rlserve.experiments import HEURISTICS
 from rlserve.policies import Router, make_router
 from rlserve.policies.ppo_router import PPORouter
 from rlserve.rl.config import TrainConfig, WarmStartConfig
@@ -72,9 +73,8 @@ def router_metadata(cfg: TrainConfig) -> dict[str, Any]:
 
 
 VALIDATION_SEED = 20_240_601  # fixed: the validation set is the same for every run and config
-VALIDATION_BASELINES = ("least_outstanding", "join_shortest_queue", "power_of_two", "least_kv",
-                        "least_expected_latency")
-"""The heuristics validation compares with (every router the issue names once they are registered)."""
+VALIDATION_BASELINES = tuple(h for h in HEURISTICS if h not in ("random", "round_robin"))
+"""The heuristics validation compares with: every shipped one (random and round robin are never the best)."""
 
 
 def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:

@@ -20,7 +20,9 @@ below; a family named in ``holdout`` is never drawn (training) so that the bench
 - **declared sizes** (what the router sees of the output; the simulator executes the truth): half of the episodes
   declare a fixed ``max_tokens`` (512-4096, as chat clients do; outputs longer than it are cut), the other half a
   multiple (1-4x) of the true length (clients that know roughly what they ask for).
-- **prefix sharing** in 25% of episodes: a share of requests carries one of a few shared prompt prefixes.
+- **prefix sharing** (with prefix caching) in 25% of episodes: Zipf-popular shared system prompts (8-128 prompts of
+  256-2,048 tokens in front of 50-95% of the requests) or multi-turn sessions (2-8 turns, 2-30 s think time), with
+  the KV cap above in 15% of them.
 
 Named scenarios (``configs/scenarios``) can be mixed in; their seeds vary per episode.
 """
@@ -200,11 +202,16 @@ class ScenarioSampler:
             workload["max_tokens"] = {"kind": "fixed", "tokens": int(rng.choice([512, 1024, 2048, 4096]))}
         else:
             workload["max_tokens"] = {"kind": "multiple", "factor": float(rng.uniform(1.0, 4.0))}
-        prefix = None
-        if share_prefix:
-            prefix = {"share_fraction": float(rng.uniform(0.3, 0.9)), "num_prefixes": int(rng.integers(4, 65)),
-                      "prefix_tokens": min(int(0.3 * p_mean / ratio), int(rng.integers(200, 2049)))}
-            workload["prefix"] = prefix
+        prefix: dict[str, Any] | None = None
+        if share_prefix:  # parity's workloads: Zipf-popular shared system prompts, or multi-turn sessions
+            if rng.random() < 0.5 or arrival["kind"] not in ("poisson", "gamma"):  # sessions need a steady rate
+                prefix = {"share_fraction": float(rng.uniform(0.5, 0.95)), "num_prefixes": int(rng.integers(8, 129)),
+                          "prefix_tokens": int(rng.integers(256, 2049)), "zipf_s": float(rng.uniform(0.6, 1.4)),
+                          "prepend": True}
+                workload["prefix"] = prefix
+            else:
+                prefix = {"turns_mean": float(rng.uniform(2.0, 8.0)), "think_time_s": float(rng.uniform(2.0, 30.0))}
+                workload["sessions"] = prefix
         cfg = WorkloadConfig.from_dict(workload, where="randomized scenario: workload")
         scenario = Scenario(RANDOMIZED, f"{family} lengths, {kind} arrivals at rho={rho:.2f} on {n}x {model} "
                             f"({mix}: {gpus})", ClusterConfig(replicas), cfg, Slo())

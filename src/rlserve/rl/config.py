@@ -165,6 +165,11 @@ class StateConfig:
     include_work: bool = True
     """Per-replica seconds of queued work (pending prefill and decode tokens over the replica's speed), the
     request's own decode time there, the least-expected-latency estimate and its gap to the best replica."""
+    include_prefix_kv: bool = False
+    """Per replica: the expected prefix-cache hit as a fraction of the prompt and the KV demand over capacity (as
+    least_expected_latency computes them), and the work features' latency estimate becomes that router's full one
+    (expected output, prefix hit, KV demand). Off by default so that layouts trained before it keep their meaning;
+    the shipped recipe turns it on."""
     norm_clip: float = 10.0
     """Standardised features are clipped to [-norm_clip, norm_clip]."""
     norm_eps: float = 1e-2
