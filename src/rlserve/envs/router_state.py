@@ -269,7 +269,8 @@ def _slope_var(values: np.ndarray) -> tuple[float, float]:
 def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: float, has_request: bool,
               arrival_s: float, prompt: int, output: int, enhanced: bool, capability: bool, work: bool,
               request_features: bool, prefix_kv: bool, alpha: float, dim: int, replica_hist: np.ndarray,
-              replica_prev: np.ndarray, arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray, completion_counts: np.ndarray,
+              replica_prev: np.ndarray, arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray,
+              completion_counts: np.ndarray,
               memory: np.ndarray) -> np.ndarray:
     """The state vector (layout: module docstring); updates the history arrays in place."""
     out = np.empty(dim)
