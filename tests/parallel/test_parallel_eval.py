@@ -93,7 +93,7 @@ def test_evaluate_router_cli_with_workers_matches_in_process(ray_local: Any, tmp
         assert res.exit_code == 0, res.output
         docs.append(json.loads((tmp_path / name).read_text()))
     assert "ppo" in docs[0]["routers"]  # the shipped PPO router ran in the Ray workers too
-    for key in ("routers", "runs", "best_heuristic", "gain_vs_best"):
+    for key in ("routers", "runs", "best_heuristic_per_metric", "gain_vs_best"):
         assert docs[1][key] == docs[0][key]
 
 

@@ -14,7 +14,7 @@ clipped surrogate, clipped value loss  ``PPOTrainer.update`` (``# policy loss``,
 entropy bonus, KL penalty, target KL   ``PPOTrainer.update``
 KL to the frozen BC policy, decaying   ``PPOTrainer.update`` (``# KL to the reference``), ``kl_ref_coef``
 global grad-norm clipping              ``PPOTrainer.update``
-recurrent minibatches of whole chunks  ``RolloutBuffer.sequences`` + ``ActorCritic.evaluate_actions``
+recurrent minibatches of whole chunks  ``RolloutBuffer.sequences`` + ``RecurrentPolicy.evaluate_actions``
 same distribution for old/new logp     temperature stored per step and reused in ``evaluate_actions``
 observation / reward normalisation     ``normalizers``; fitted in the stabilisation phase, then frozen
 bit-for-bit resume                     ``_checkpoint_payload`` / ``_restore``; environments replayed by seed+actions
@@ -42,12 +42,12 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 from rlserve.errors import ConfigError, InputError
-from rlserve.rl.actor_critic import ActorCritic
+from rlserve.rl.actor_critic import ActorCritic, RecurrentPolicy, ReplicaSetActorCritic
 from rlserve.rl.bc import Demonstrations, behaviour_clone
 from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rlserve.rl.config import TrainConfig
 from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, StdoutWriter, TensorBoardWriter, Writer
-from rlserve.rl.normalizers import ReturnScaler, RunningNormalizer
+from rlserve.rl.normalizers import ObsNormalizer, ReplicaSetNormalizer, ReturnScaler, RunningNormalizer
 from rlserve.rl.rollout_buffer import RolloutBuffer
 from rlserve.rl.rollout_workers import RolloutPool, RolloutWorkers
 from rlserve.rl.temperature import TemperatureController
@@ -72,7 +72,7 @@ class TrainResult:
     decisions_per_s: float  # environment steps per second of wall time over the PPO phase
     history: list[dict[str, float]] = field(default_factory=list)  # the scalars dumped after each update
     bc_stats: dict[str, float] = field(default_factory=dict)  # behaviour cloning's final loss and accuracy
-    model: ActorCritic | None = None
+    model: RecurrentPolicy | None = None
     best_path: Path | None = None  # the best validated checkpoint (with a validate callback)
     best_score: float = -float("inf")
     worker_replacements: int = 0  # rollout workers that died and were replaced (with rollout workers)
@@ -81,8 +81,8 @@ class TrainResult:
 class PPOTrainer:
     """The PPO update over one rollout; knows nothing about environments."""
 
-    def __init__(self, model: ActorCritic, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 reference: ActorCritic | None = None) -> None:
+    def __init__(self, model: RecurrentPolicy, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 reference: RecurrentPolicy | None = None) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.reference = reference
         if reference is not None:
@@ -283,15 +283,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
     action_dim = int(runner.envs[0].action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng(cfg.seed)  # minibatch order and stabilisation actions
     torch.manual_seed(cfg.seed)
-    obs_norm = RunningNormalizer(obs_dim, clip=cfg.state.norm_clip, eps=cfg.state.norm_eps)
+    layout = getattr(runner.envs[0].unwrapped, "replica_set_layout", None)
+    obs_norm = build_normalizer(cfg, obs_dim, layout)
     ret_scaler = ReturnScaler(p.num_envs, gamma=p.gamma)
     temp_ctl = TemperatureController(
         cfg.temperature.base_temperature, cfg.temperature.min_temperature, cfg.temperature.max_temperature,
         cfg.temperature.qps_sensitivity, cfg.temperature.latency_sensitivity, cfg.temperature.balance_sensitivity,
         cfg.temperature.smoothing)
-    model = _build_model(cfg, obs_dim, action_dim)
+    model = build_model(cfg, obs_dim, action_dim, layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, eps=p.adam_eps)
-    reference: ActorCritic | None = None
+    reference: RecurrentPolicy | None = None
     update, env_steps, wall_before = 0, 0, 0.0
     bc_stats: dict[str, float] = {}
     best_score = -float("inf")
@@ -303,7 +304,7 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         model.load_state_dict(data["model"])
         optimizer.load_state_dict(data["optimizer"])
         if data["reference"] is not None:
-            reference = _build_model(cfg, obs_dim, action_dim)
+            reference = build_model(cfg, obs_dim, action_dim, layout)
             reference.load_state_dict(data["reference"])
         obs_norm.load_state_dict(data["obs_normalizer"])
         ret_scaler.load_state_dict(data["return_scaler"])
@@ -432,13 +433,38 @@ def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: floa
     return best_score
 
 
-def _build_model(cfg: TrainConfig, obs_dim: int, action_dim: int) -> ActorCritic:
+def build_model(cfg: TrainConfig, obs_dim: int, action_dim: int,
+                layout: dict[str, Any] | None = None) -> RecurrentPolicy:
+    """The network ``cfg.network`` describes; ``layout``: the environment's ``replica_set_layout`` (global and
+    replica widths, slots, replica feature names), required by the replica-set architecture."""
     n = cfg.network
+    if n.architecture == "replica_set":
+        if layout is None:
+            raise ConfigError("network.architecture 'replica_set' needs an environment with a replica-set "
+                              "observation layout (the routing environment); use 'flat' for flat observations")
+        names = list(layout["replica_features"])
+        if n.prior_feature is not None and n.prior_feature not in names:
+            raise ConfigError(f"network.prior_feature {n.prior_feature!r} is not a replica feature of this state "
+                              f"layout; known: {names}")
+        return ReplicaSetActorCritic(
+            int(layout["global_dim"]), int(layout["replica_dim"]), int(layout["slots"]), hidden_size=n.hidden_size,
+            proj_dim=n.proj_dim, layer_n=n.layer_n, gru_layers=n.gru_layers,
+            prior_feature=None if n.prior_feature is None else names.index(n.prior_feature),
+            prior_scale=n.prior_scale, zero_init_head=n.zero_init_head)
     return ActorCritic(obs_dim, action_dim, hidden_size=n.hidden_size, proj_dim=n.proj_dim, layer_n=n.layer_n,
                        gru_layers=n.gru_layers, bounded_logits=n.bounded_logits, logit_scale=n.logit_scale)
 
 
-def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: RunningNormalizer,
+def build_normalizer(cfg: TrainConfig, obs_dim: int,
+                     layout: dict[str, Any] | None = None) -> ObsNormalizer:
+    """The observation normaliser of the architecture: per position (flat) or shared by every replica."""
+    s = cfg.state
+    if cfg.network.architecture == "replica_set" and layout is not None:
+        return ReplicaSetNormalizer(int(layout["global_dim"]), int(layout["replica_dim"]), s.norm_clip, s.norm_eps)
+    return RunningNormalizer(obs_dim, clip=s.norm_clip, eps=s.norm_eps)
+
+
+def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, demonstrator: Demonstrator | None,
                rng: np.random.Generator) -> tuple[np.ndarray, Demonstrations | None]:
     """Drive the environments with the demonstrator's behaviour (or at random), fitting only the normalisers.
@@ -475,8 +501,8 @@ def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_no
     return obs_raw, demos
 
 
-def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: ActorCritic, buffer: RolloutBuffer,
-               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: RunningNormalizer,
+def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: RecurrentPolicy, buffer: RolloutBuffer,
+               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, temp_ctl: TemperatureController, logger: Logger,
                info_keys: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """One lockstep step of every environment, stored in ``buffer``; returns the next obs, hidden state, masks."""
@@ -542,8 +568,9 @@ def check_compatible(data: dict[str, Any], obs_dim: int, action_dim: int) -> Non
                          "state config and cluster size, or train a new checkpoint")
 
 
-def _checkpoint_payload(cfg: TrainConfig, model: ActorCritic, optimizer: torch.optim.Optimizer,
-                        reference: ActorCritic | None, obs_norm: RunningNormalizer, ret_scaler: ReturnScaler,
+def _checkpoint_payload(cfg: TrainConfig, model: RecurrentPolicy, optimizer: torch.optim.Optimizer,
+                        reference: RecurrentPolicy | None, obs_norm: ObsNormalizer,
+                        ret_scaler: ReturnScaler,
                         temp_ctl: TemperatureController, rng: np.random.Generator, update: int, env_steps: int,
                         wall_s: float, runner: _EnvRunner, hxs: torch.Tensor, masks: torch.Tensor, obs_dim: int,
                         action_dim: int, metadata: dict[str, Any] | None, bc_stats: dict[str, float],

@@ -33,17 +33,19 @@ class TokenTrace:
     """Per-request token counts read from a file, in file order.
 
     ``arrival_s`` is ``None`` for formats without times (ShareGPT, a two-column Splitwise CSV); otherwise it
-    is non-decreasing seconds (Splitwise: as recorded; Azure: since the first row). The arrays are read-only
-    because loaded traces are cached and shared between workloads.
+    is non-decreasing seconds (Splitwise: as recorded; Azure: since the first row). ``max_tokens`` is the
+    clients' declared output cap where the file records one (a ``max_tokens`` column), else ``None``. The arrays
+    are read-only because loaded traces are cached and shared between workloads.
     """
 
     path: Path
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     arrival_s: np.ndarray | None = None
+    max_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s):
+        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s, self.max_tokens):
             if arr is not None:
                 arr.setflags(write=False)
 
@@ -144,18 +146,28 @@ def _check_times(path: Path, column: str, t: np.ndarray, raw: list[str], lines: 
 
 
 def load_splitwise_csv(path: str | Path) -> TokenTrace:
-    """Load a Vidur/Splitwise trace: ``num_prefill_tokens,num_decode_tokens`` and optional ``arrived_at`` (s)."""
+    """Load a Vidur/Splitwise trace: ``num_prefill_tokens,num_decode_tokens``, optional ``arrived_at`` (s) and
+    optional ``max_tokens`` (what each client declared; must be >= ``num_decode_tokens``)."""
     path = Path(path)
-    cols, lines = _read_csv(path, ["num_prefill_tokens", "num_decode_tokens"], ["arrived_at"])
+    cols, lines = _read_csv(path, ["num_prefill_tokens", "num_decode_tokens"], ["arrived_at", "max_tokens"])
     arrival_s = None
     if "arrived_at" in cols:
         raw = cols["arrived_at"]
         arrival_s = _check_times(path, "arrived_at", _numbers(path, "arrived_at", raw, lines), raw, lines)
+    output = _token_counts(path, "num_decode_tokens", cols["num_decode_tokens"], lines)
+    max_tokens = None
+    if "max_tokens" in cols:
+        max_tokens = _token_counts(path, "max_tokens", cols["max_tokens"], lines)
+        short = np.flatnonzero(max_tokens < output)
+        if len(short):
+            raise InputError(f"{path}: line {lines[short[0]]}: max_tokens {max_tokens[short[0]]} is below "
+                             f"num_decode_tokens {output[short[0]]} (generation stops at max_tokens)")
     return TokenTrace(
         path=path,
         prompt_tokens=_token_counts(path, "num_prefill_tokens", cols["num_prefill_tokens"], lines),
-        output_tokens=_token_counts(path, "num_decode_tokens", cols["num_decode_tokens"], lines),
+        output_tokens=output,
         arrival_s=arrival_s,
+        max_tokens=max_tokens,
     )
 
 
