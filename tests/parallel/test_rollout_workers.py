@@ -69,6 +69,7 @@ def test_a_killed_worker_is_replaced_and_training_continues(ray_local: Any, two_
     _same(two_workers_run, killed)  # the replacement replayed its environments and redid the same rollout
 
 
+@pytest.mark.slow  # two more trainings (~15 s quiet, ~50 s on a loaded 2-core machine)
 def test_resume_with_workers_is_bit_for_bit(two_workers_run: TrainResult, tmp_path: Path) -> None:
     spec = RolloutWorkers(2, Parallel(workers=2))
     train_router(_cfg(), tmp_path, rollout_workers=spec, stop_after_updates=2)
