@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from rlserve.cli import (
     energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
     router_cmds,  # noqa: F401  (registers train/evaluate router)
@@ -20,7 +22,7 @@ def main() -> None:
     try:
         app()
     except RlserveError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # "[ray]" is no markup
         sys.exit(2)
 
 
