@@ -229,7 +229,9 @@ def main() -> None:
     if ppo_checkpoint is not None and Path(ppo_checkpoint).exists():
         ppo = make_router(f"ppo:{ppo_checkpoint}", seed=0)
         single_threaded_torch()  # as run_proxy does
-        timers["ppo", int(ppo.num_replicas)] = DecisionTimer(ppo, int(ppo.num_replicas))  # type: ignore[attr-defined]
+        fixed = ppo.num_replicas  # type: ignore[attr-defined]
+        for n in (fixed,) if fixed is not None else (2, 8, 16):  # a replica-set checkpoint routes any size
+            timers["ppo", int(n)] = DecisionTimer(make_router(f"ppo:{ppo_checkpoint}", seed=0), int(n))
     # As run_proxy does once its router is built: decisions are timed in the proxy's conditions, and the load client
     # below is not stalled by full collections walking what was built (a PPO router's JIT compilation leaves ~90k
     # objects; a full collection of them takes ~120 ms: it stalled this client on the GPU host when frozen earlier).

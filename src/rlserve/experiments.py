@@ -1,20 +1,25 @@
 """Running policies over (scenario x seed) and aggregating the results: one implementation for every verb.
 
-``rlserve simulate``, ``compare``, ``evaluate router``, the benchmarks and (later) Ray tasks all call these
-functions, so a number printed by one of them is the number the others would print for the same seeds. Nothing
-here prints: progress is reported through an optional ``rich.progress.Progress``.
+``rlserve simulate``, ``compare``, ``evaluate router``, the benchmarks and Ray tasks all call these functions, so
+a number printed by one of them is the number the others would print for the same seeds. A (router x seed) grid is
+a list of independent cells (:class:`RouterCell`) that :func:`rlserve.parallel.map_cells` runs in this process or
+over Ray. Nothing here prints: progress is reported through an optional ``rich.progress.Progress``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.progress import Progress
 
-from rlserve.metrics import Summary, mean_ci95
+from rlserve.metrics import RequestRecords, Summary, mean_ci95
+from rlserve.parallel import IN_PROCESS, Parallel, map_cells
 from rlserve.scenario import Scenario, load_scenario
 from rlserve.sim import ClusterSimulator, SimResult
 
@@ -121,17 +126,60 @@ def run_router(scn: Scenario, router_spec: str, seed: int, progress: Progress | 
     return sim.finish()
 
 
-def compare_routers(scn: Scenario, routers: list[str], seeds: list[int],
-                    progress: Progress | None = None) -> dict[str, list[Summary]]:
-    """Every router on every seed (same workloads for all routers)."""
-    out: dict[str, list[Summary]] = {r: [] for r in routers}
-    overall = progress.add_task("all runs", total=len(routers) * len(seeds)) if progress else None
-    for seed in seeds:
-        for r in routers:
-            out[r].append(run_router(scn, r, seed, progress).summary(scn.slo))
-            if progress is not None and overall is not None:
-                progress.advance(overall)
+@dataclass(frozen=True)
+class RouterCell:
+    """One simulation of a (router x seed) grid; ``keep_records`` returns its per-request records too."""
+
+    scenario: Scenario
+    router: str
+    seed: int
+    keep_records: bool = False
+
+
+@dataclass
+class RouterRun:
+    """What a cell sends back: small enough to gather many of them from Ray workers."""
+
+    summary: Summary
+    wall_s: float
+    records: RequestRecords | None = None
+
+
+def run_router_cell(cell: RouterCell, progress: Progress | None = None) -> RouterRun:
+    """Run one cell (a Ray task body, or a plain call in this process)."""
+    t0 = time.perf_counter()
+    result = run_router(cell.scenario, cell.router, cell.seed, progress)
+    return RouterRun(result.summary(cell.scenario.slo), time.perf_counter() - t0,
+                     result.records if cell.keep_records else None)
+
+
+def run_grid(scn: Scenario, routers: list[str], seeds: list[int], progress: Progress | None = None,
+             parallel: Parallel = IN_PROCESS, records_of_first_seed: bool = False) -> dict[str, list[RouterRun]]:
+    """Every router on every seed (same workloads for all routers), in this process or as Ray tasks.
+
+    With ``records_of_first_seed`` the first seed's runs also return their per-request records (for CDF plots).
+    """
+    cells = [RouterCell(scn, r, seed, records_of_first_seed and seed == seeds[0]) for seed in seeds for r in routers]
+    overall = progress.add_task("all runs", total=len(cells)) if progress else None
+
+    def done(_: int, __: RouterRun) -> None:
+        if progress is not None and overall is not None:
+            progress.advance(overall)
+
+    # per-request bars only in this process; Ray cells report as they finish
+    fn = functools.partial(run_router_cell, progress=None if parallel.uses_ray else progress)
+    runs = map_cells(fn, cells, parallel, done)
+    out: dict[str, list[RouterRun]] = {r: [] for r in routers}
+    for cell, run in zip(cells, runs, strict=True):
+        out[cell.router].append(run)
     return out
+
+
+def compare_routers(scn: Scenario, routers: list[str], seeds: list[int], progress: Progress | None = None,
+                    parallel: Parallel = IN_PROCESS) -> dict[str, list[Summary]]:
+    """Every router's summary on every seed (same workloads for all routers)."""
+    grid = run_grid(scn, routers, seeds, progress, parallel)
+    return {r: [run.summary for run in runs] for r, runs in grid.items()}
 
 
 def aggregate(summaries: list[Summary]) -> dict[str, dict[str, float]]:

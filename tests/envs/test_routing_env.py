@@ -8,13 +8,14 @@ from gymnasium.utils.env_checker import check_env
 from rlserve.envs.router_reward import RewardCalculator, StepOutcome, load_balance_cv
 from rlserve.envs.router_state import StateBuilder
 from rlserve.envs.routing_env import LOOKAHEAD_TTFT_WEIGHT, RoutingEnv
-from rlserve.envs.scenario_sampler import ScenarioSampler
+from rlserve.envs.scenario_sampler import ARRIVAL_FAMILIES, FAST_GPUS, GPU_MIXES, LENGTH_FAMILIES, ScenarioSampler
 from rlserve.errors import ConfigError
 from rlserve.policies import make_router
 from rlserve.rl.config import RewardConfig, StateConfig
 from rlserve.scenario import load_scenario
-from rlserve.sim import simulate
+from rlserve.sim import ClusterSimulator, simulate
 from rlserve.sim.lookahead import simulate_lookahead
+from rlserve.snapshot import ClusterSnapshot
 
 
 def test_passes_gymnasium_env_checker():
@@ -129,9 +130,70 @@ def test_sampler_randomizes_clusters_and_rejects_wrong_sizes():
     rng = np.random.default_rng(0)
     draws = [sampler.sample(rng, 100).params for _ in range(40)]
     assert any(len(set(d["gpus"])) > 1 for d in draws) and any(len(set(d["gpus"])) == 1 for d in draws)
-    assert min(d["rho"] for d in draws) >= 0.3 and max(d["rho"] for d in draws) <= 1.0
-    with pytest.raises(ConfigError, match="trained for env.num_replicas=2"):
+    assert min(d["rho"] for d in draws) >= 0.3 and max(d["rho"] for d in draws) <= 1.1
+    with pytest.raises(ConfigError, match="trained for 2-2 replicas"):
         ScenarioSampler(["heterogeneous"], num_replicas=2)
+
+
+def test_sampler_covers_sizes_and_families_and_never_draws_held_out_ones():
+    sampler = ScenarioSampler(num_replicas=(2, 16), holdout=["code", "two_tier"])
+    rng = np.random.default_rng(1)
+    draws = [sampler.sample(rng, 50).params for _ in range(300)]
+    assert {d["replicas"] for d in draws} == set(range(2, 17))
+    assert {d["lengths"] for d in draws} == set(LENGTH_FAMILIES) - {"code"}
+    assert {d["gpu_mix"] for d in draws} == set(GPU_MIXES) - {"two_tier"}
+    assert {d["arrival"] for d in draws} == set(ARRIVAL_FAMILIES)
+    one_fast = [d for d in draws if d["gpu_mix"] == "one_fast"]
+    assert all(sum(g in FAST_GPUS for g in d["gpus"]) == 1 for d in one_fast)
+    only = ScenarioSampler(num_replicas=(4, 4), only=["code"])
+    assert {only.sample(rng, 50).params["lengths"] for _ in range(20)} == {"code"}
+    with pytest.raises(ConfigError, match="unknown scenario families"):
+        ScenarioSampler(holdout=["cod"])
+
+
+def _permuted(snapshot: ClusterSnapshot, perm: np.ndarray) -> ClusterSnapshot:
+    reps = snapshot.replicas
+    return ClusterSnapshot(snapshot.time_s, snapshot.num_replicas, tuple(reps[i] for i in perm),
+                           snapshot.arrivals_total)
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_replica_set_observation_is_blind_to_replica_order():
+    # snapshots of a real heterogeneous run, fed to two builders: as listed, and with the replicas permuted
+    scn = load_scenario("heterogeneous").with_num_requests(120)
+    sim = ClusterSimulator(scn.cluster, scn.build_workload(0), seed=0)
+    perm = np.array([2, 0, 3, 1])
+    plain, permuted = StateBuilder(4), StateBuilder(4)
+    router = make_router("least_expected_latency", seed=0)
+    per = plain.replica_dimension()
+    g = plain.global_dimension()
+    while (req := sim.peek_arrival()) is not None:
+        snap = sim.snapshot()
+        a = plain.build_set(snap, req, slots=6)
+        b = permuted.build_set(_permuted(snap, perm), req, slots=6)
+        np.testing.assert_array_equal(b[: g + 1], a[: g + 1])
+        blocks = a[g + 1:].reshape(6, per)
+        np.testing.assert_array_equal(b[g + 1:].reshape(6, per)[:4], blocks[perm])
+        assert a[g] == 4 and not blocks[4:].any()
+        sim.dispatch(router.select(req, snap))
+        sim.advance_to(sim.peek_arrival().arrival_s if sim.peek_arrival() is not None else sim.now)
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_replica_set_env_draws_cluster_sizes_into_one_padded_layout():
+    env = RoutingEnv(episode_requests=8, replica_set=(2, 6))
+    layout = env.replica_set_layout
+    assert env.action_space.n == 6 and layout["slots"] == 6
+    sizes = set()
+    for seed in range(12):
+        obs, info = env.reset(seed=seed)
+        n = info["scenario"]["replicas"]
+        sizes.add(n)
+        assert obs.shape == env.observation_space.shape and obs[layout["global_dim"]] == n
+        with pytest.raises(ValueError, match="outside"):
+            env.step(n)
+        obs, *_ = env.step(n - 1)
+    assert len(sizes) > 2
     assert load_scenario("heterogeneous").cluster.replicas[0].gpu == "h100-sxm"
 
 
@@ -143,3 +205,29 @@ def test_stable_baselines3_ppo_runs_on_the_env():
                 device="cpu")
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+
+
+@pytest.mark.filterwarnings("ignore:token caps shortened")
+def test_prefix_and_kv_features_are_the_least_expected_latency_routers_own_numbers():
+    from rlserve.policies.routers import LeastExpectedLatencyRouter, expected_output_tokens, kv_load
+
+    scn = load_scenario("shared_prompts_kv").with_num_requests(150)
+    sim = ClusterSimulator(scn.cluster, scn.build_workload(0), seed=0)
+    builder = StateBuilder(len(scn.cluster.replicas), StateConfig(include_prefix_kv=True))
+    names = builder.feature_names()
+    router = make_router("least_expected_latency", seed=0)
+    hits = 0.0
+    while (req := sim.peek_arrival()) is not None:
+        snap = sim.snapshot()
+        row = dict(zip(names, builder.build(snap, req), strict=True))
+        out = expected_output_tokens(req, snap)
+        for i, r in enumerate(snap.replicas):
+            est = LeastExpectedLatencyRouter.estimate_s(r, req, out)
+            assert row[f"r{i}.expected_latency_s"] == pytest.approx(math.log1p(est), rel=1e-12)
+            assert row[f"r{i}.kv_load"] == pytest.approx(kv_load(r, req, out), rel=1e-12)
+            assert row[f"r{i}.prefix_hit_fraction"] == pytest.approx(r.prefix_hit_tokens / req.prompt_tokens)
+            hits += row[f"r{i}.prefix_hit_fraction"]
+        sim.dispatch(router.select(req, snap))
+        nxt = sim.peek_arrival()
+        sim.advance_to(nxt.arrival_s if nxt is not None else sim.now)
+    assert hits > 0  # the scenario shares prefixes: the feature is exercised

@@ -112,7 +112,9 @@ class _TorchPath:
 
     def select(self, request, snapshot):
         r = self.router
-        obs = r.normalizer.normalize(r.state_builder.build(snapshot, request))
+        builder = r.builder_for(snapshot.num_replicas)
+        raw = builder.build_set(snapshot, request) if r.replica_set else builder.build(snapshot, request)
+        obs = r.normalizer.normalize(raw)
         with torch.inference_mode():
             logits, self.hxs = r.model.get_logits(torch.from_numpy(obs).unsqueeze(0), self.hxs, self.mask)
         self.mask = torch.ones(1)

@@ -10,7 +10,7 @@ from rlserve.rl.ppo import train
 
 def _cfg(**over):
     base = {"total_updates": 6, "seed": 3,
-            "network": {"hidden_size": 16, "proj_dim": 16},
+            "network": {"hidden_size": 16, "proj_dim": 16, "architecture": "flat"},
             "ppo": {"num_envs": 2, "num_steps": 32, "chunk_len": 8, "num_minibatches": 2, "epochs": 3,
                     "lr": 3e-3, "entropy_coef": 0.0, "target_kl": None},
             "warm_start": {"stabilization_steps": 32, "enabled": False},

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlserve.cli.app import app, console, evaluate_app, train_app
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, evaluate_app, parallel_options, train_app
+from rlserve.cli.progress import progress_bar
 from rlserve.errors import ConfigError
 
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
@@ -28,11 +28,6 @@ ScenariosOpt = Annotated[list[str] | None, typer.Option("--scenario", "-s", help
                                                         "(repeat for several).")]
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
-
-
 # ---------------------------------------------------------------------------------------------------- train
 @train_app.command("energy")
 def train_energy_cmd(
@@ -44,6 +39,11 @@ def train_energy_cmd(
     block_size: Annotated[int | None, typer.Option(help="Train for one KV block size (the sweep scheme).")] = None,
     reward: Annotated[str | None, typer.Option(help="Override env.reward (energy_per_token, greendls).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Play episodes on this many Ray actors (a local Ray; needs rlserve[ray]); the learner "
+        "learns from them in order.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Run the episode actors on this Ray cluster (--workers N of them, default 2).")] = None,
 ) -> None:
     """Train the dueling double-DQN energy controller in the simulator."""
     import dataclasses
@@ -63,7 +63,7 @@ def train_energy_cmd(
         cfg.dqn.total_steps = total_steps
     if seed is not None:
         cfg.dqn.seed = seed
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("training (decisions)", total=cfg.dqn.total_steps)
 
         def on_episode(i: int, info: Mapping[str, Any]) -> None:
@@ -72,7 +72,10 @@ def train_energy_cmd(
                 f"episode {i + 1}: {m.get('energy_per_output_token_j', float('nan')):.3f} J/out-token, "
                 f"miss {m.get('slo_miss_rate', float('nan')):.3f}"))
 
-        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode)
+        parallel = parallel_options(None if ray_address else workers, ray_address)
+        n_workers = (workers or 2) if parallel.uses_ray else None
+        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode, workers=n_workers,
+                              parallel=parallel)
     console.print(f"trained {result.steps} steps in {result.episodes} episodes ({result.wall_s:.0f} s); "
                   f"policy: {Path(out) / 'policy.pt'}")
 
@@ -94,6 +97,8 @@ def evaluate_energy_cmd(
     config: ConfigOpt = "energy",
     interval_s: Annotated[float | None, typer.Option(help="Control interval in seconds (default: the "
                                                      "checkpoint's training interval, else 1 s).")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """DQN vs static max clock, Clipper, EAIS, the SLO-slack controller and the best static pair: energy per token,
     SLO, tail latency, clock changes (switching cost charged as the scenario says)."""
@@ -106,6 +111,7 @@ def evaluate_energy_cmd(
     )
     from rlserve.report.run_output import write_json
 
+    parallel = parallel_options(workers, ray_address)
     space = _action_space(checkpoint, config, scenario)
     interval_s = _interval_s(interval_s, checkpoint)
     names = scenario or ["energy_steady", "energy_diurnal", "energy_bursty"]
@@ -115,18 +121,22 @@ def evaluate_energy_cmd(
         specs = list(BASELINES)
         best_static = None
         if grid:
-            best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds),
-                                      caps=default_grid_caps(space, scn), clocks_mhz=space.sm_clocks_mhz,
-                                      interval_s=interval_s, action_space=space)
+            caps = default_grid_caps(space, scn)
+            with progress_bar(console) as progress:
+                task = progress.add_task(f"{scn.name}: static grid search",
+                                         total=len(caps) * len(space.sm_clocks_mhz) * grid_seeds)
+                best = grid_search_static(scn, range(GRID_SEED_BASE, GRID_SEED_BASE + grid_seeds), caps=caps,
+                                          clocks_mhz=space.sm_clocks_mhz, interval_s=interval_s, action_space=space,
+                                          on_run=lambda *_, t=task: progress.advance(t), parallel=parallel)
             best_static = best.best
             specs.append(best_static)
         if checkpoint is not None:
             specs.append(f"dqn:{checkpoint}")
-        with _progress() as progress:
-            task = progress.add_task(f"{scn.name}", total=len(specs) * seeds)
+        with progress_bar(console) as progress:
+            task = progress.add_task(f"{scn.name}: evaluation", total=len(specs) * seeds)
             results = evaluate_controllers(specs, scn, range(seeds), action_space=space, interval_s=interval_s,
                                            keep_runs=plots is not None,
-                                           on_run=lambda *_, t=task: progress.advance(t))
+                                           on_run=lambda *_, t=task: progress.advance(t), parallel=parallel)
         savings = savings_vs(results, "static")
         _print_table(scn.name, results, savings)
         report[scn.name] = {"results": as_json(results), "saving_vs_max_clock": savings,
@@ -150,7 +160,7 @@ def _pareto(scn: Any, space: Any, interval_s: float, seeds: int, results: dict[s
 
     cap = scn.cluster.replicas[0].max_num_seqs
     specs = [f"static:{cap}@{f:g}" for f in space.sm_clocks_mhz]
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(f"{scn.name} static frontier", total=len(specs) * seeds)
         grid = evaluate_controllers(specs, scn, range(seeds), action_space=space, interval_s=interval_s,
                                     on_run=lambda *_: progress.advance(task))
@@ -291,32 +301,56 @@ def sweep_cmd(
     seeds: Annotated[int, typer.Option(help="Held-out evaluation seeds per scenario.")] = 3,
     total_steps: Annotated[int | None, typer.Option(help="Override dqn.total_steps per run.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the sweep's numbers here.")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """The seed's offline block-size scheme: per workload, one controller per KV block size; the best size."""
+    """The seed's offline block-size scheme: per workload, one controller per KV block size; the best size.
+
+    With --workers/--ray-address the missing trainings run as parallel Ray tasks, then every (block size x seed)
+    evaluation does.
+    """
     import dataclasses
+    import functools
 
     from rlserve.envs.energy_env import with_block_size
-    from rlserve.envs.energy_eval import best_by, evaluate_controllers
-    from rlserve.envs.energy_train import load_train_config, train_energy
+    from rlserve.envs.energy_eval import ControllerCell, ControllerResult, best_by, run_controller_cell
+    from rlserve.envs.energy_train import load_train_config, train_energy_cell
+    from rlserve.parallel import map_cells
     from rlserve.report.run_output import write_json
 
+    parallel = parallel_options(workers, ray_address)
     sizes = [int(b) for b in block_sizes.split(",") if b.strip()]
     cfg = load_train_config(config)
+    names = scenario or list(cfg.env.scenarios)
+    bases = {name: _scenario(name) for name in names}
+    runs = {(name, bs): out / bases[name].name / f"bs{bs}" for name in names for bs in sizes}
+    policies = {k: d / "best.pt" if cfg.validation_seeds > 0 else d / "policy.pt" for k, d in runs.items()}
+    jobs = []
+    for (name, bs), run_dir in runs.items():
+        if not policies[name, bs].is_file():  # a finished run is reused: the sweep can be resumed
+            env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
+            dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
+            jobs.append((dataclasses.replace(cfg, env=env, dqn=dqn), run_dir))
+    with progress_bar(console) as progress:
+        task = progress.add_task("training (one DQN per scenario x block size)", total=len(jobs))
+        train = train_energy_cell
+        if not parallel.uses_ray:  # in this process the running training also shows its episodes
+            episodes = progress.add_task("episodes of the current training", total=None)
+            train = functools.partial(train_energy_cell, on_episode_end=lambda *_: progress.advance(episodes))
+        map_cells(train, jobs, parallel, lambda i, _: progress.update(
+            task, advance=1, description=f"trained {jobs[i][1]}"))
+    cells = [ControllerCell(f"dqn:{policies[k]}", with_block_size(bases[k[0]], k[1]), seed,
+                            _action_space(policies[k], config, [k[0]]), 1.0, False)
+             for k in runs for seed in range(seeds)]
+    with progress_bar(console) as progress:
+        task = progress.add_task("evaluation (block size x seed)", total=len(cells))
+        outs = map_cells(run_controller_cell, cells, parallel, lambda *_: progress.advance(task))
+    results = {k: ControllerResult(f"dqn:{policies[k]}") for k in runs}
+    for i, k in enumerate(k for k in runs for _ in range(seeds)):
+        results[k].per_seed.append(outs[i][0])
     report: dict[str, Any] = {}
-    for name in scenario or list(cfg.env.scenarios):
-        base = _scenario(name)
-        per_size = {}
-        for bs in sizes:
-            run_dir = out / base.name / f"bs{bs}"
-            policy = run_dir / "best.pt" if cfg.validation_seeds > 0 else run_dir / "policy.pt"
-            if not policy.is_file():  # a finished run is reused: the sweep can be resumed
-                env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
-                dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
-                console.print(f"training {base.name} with block size {bs} -> {run_dir}")
-                train_energy(dataclasses.replace(cfg, env=env, dqn=dqn), run_dir)
-            space = _action_space(policy, config, [name])
-            res = evaluate_controllers([f"dqn:{policy}"], with_block_size(base, bs), range(seeds), action_space=space)
-            per_size[bs] = next(iter(res.values()))
+    for name, base in bases.items():
+        per_size = {bs: results[name, bs] for bs in sizes}
         best = best_by(per_size)
         report[base.name] = {"best_block_size": best,
                              "per_block_size": {bs: r.aggregate() for bs, r in per_size.items()}}

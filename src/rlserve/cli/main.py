@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from rlserve.cli import (
     bench_cmds,  # noqa: F401  (registers bench, bench sweep, bench validate)
     calibrate_cmds,  # noqa: F401  (registers calibrate)
@@ -22,7 +24,7 @@ def main() -> None:
     try:
         app()
     except RlserveError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # "[ray]" is no markup
         sys.exit(2)
 
 

@@ -6,15 +6,15 @@ and 95% confidence interval over seeds of each metric, the same columns ``rlserv
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rlserve.cli.app import console, evaluate_app, train_app
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, console, evaluate_app, parallel_options, train_app
+from rlserve.cli.progress import progress_bar
 from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
 from rlserve.experiments import (
@@ -24,10 +24,9 @@ from rlserve.experiments import (
     best_per_metric,
     gains_vs_best,
     prepare_scenario,
-    run_router,
+    run_grid,
     runnable_routers,
 )
-from rlserve.metrics import RequestRecords, Summary
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
 
@@ -44,11 +43,18 @@ def train_router_cmd(
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the best (validated) policy here as a small "
                                                 "inference-only checkpoint, e.g. for shipping.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Collect PPO rollouts with this many Ray actors on a local Ray (needs rlserve[ray]); "
+        "each owns ppo.num_envs / N environments.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Run the rollout actors on this Ray cluster (with --workers N actors, default 2).")]
+    = None,
 ) -> None:
     """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
     from rlserve.envs.router_training import train_router
     from rlserve.rl.config import load_config
     from rlserve.rl.ppo import export_for_inference
+    from rlserve.rl.rollout_workers import RolloutWorkers
 
     overrides: dict[str, object] = {}
     if scenario:
@@ -58,8 +64,12 @@ def train_router_cmd(
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_config(config, overrides)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
+    rollout = None
+    if workers is not None or ray_address is not None:
+        # a local Ray gets one CPU per worker; on a cluster the learner stays here and N actors go there
+        parallel = parallel_options(None if ray_address else workers, ray_address)
+        rollout = RolloutWorkers(workers or 2, parallel)
+    with progress_bar(console, TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False) as progress:
         task = progress.add_task("PPO updates", total=cfg.total_updates, stats="stabilising + cloning...")
 
         def report(update: int, total: int, s: dict[str, float]) -> None:
@@ -68,11 +78,13 @@ def train_router_cmd(
                      f"{s['time/decisions_per_s']:.0f} decisions/s")
             progress.update(task, completed=update, stats=stats)
 
-        result = train_router(cfg, out, resume=resume, progress=report)
+        result = train_router(cfg, out, resume=resume, progress=report, rollout_workers=rollout)
     if result.bc_stats:
         console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
     console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "
                   f"{result.decisions_per_s:.0f} decisions/s during PPO; checkpoint: {result.checkpoint_path}")
+    if result.worker_replacements:
+        console.print(f"[yellow]{result.worker_replacements} rollout worker(s) died and were replaced[/]")
     if result.best_path is not None:
         console.print(f"best validated policy: {result.best_path} (score {result.best_score:+.3f} = mean gain over "
                       "the best heuristic per validation scenario)")
@@ -92,29 +104,24 @@ def evaluate_router_cmd(
     num_requests: Annotated[int | None, typer.Option(help="Override the scenario's number of requests.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Directory for plots (metric bars with CIs, CDFs).")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """PPO router vs every heuristic on the same seeds: mean ± 95% CI of latency, throughput, SLO attainment."""
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    parallel = parallel_options(workers, ray_address)
     ppo = f"ppo:{checkpoint}" if checkpoint is not None else "ppo"
     scn = prepare_scenario(scenario, num_requests)
     _, unfit = runnable_routers(scn, [ppo])
     if unfit:
         raise ConfigError(unfit[ppo])
     routers = [ppo, *HEURISTICS]
-    summaries: dict[str, list[Summary]] = {r: [] for r in routers}
-    first_records: dict[str, RequestRecords] = {}
-    wall: dict[str, float] = dict.fromkeys(routers, 0.0)
     with _progress() as progress:
-        overall = progress.add_task("all runs", total=len(routers) * seeds)
-        for seed in range(first_seed, first_seed + seeds):
-            for r in routers:
-                t = time.perf_counter()
-                result = run_router(scn, r, seed, progress)
-                wall[r] += time.perf_counter() - t
-                summaries[r].append(result.summary(scn.slo))
-                first_records.setdefault(r, result.records)
-                progress.advance(overall)
+        grid = run_grid(scn, routers, list(range(first_seed, first_seed + seeds)), progress, parallel,
+                        records_of_first_seed=plots is not None)
+    summaries = {r: [run.summary for run in runs] for r, runs in grid.items()}
+    wall = {r: sum(run.wall_s for run in runs) for r, runs in grid.items()}
     aggregated = {r: aggregate(s) for r, s in summaries.items()}
     table = Table(title=f"{scn.name}: mean ± 95% CI over seeds {first_seed}..{first_seed + seeds - 1}, "
                         f"max_tokens {scn.workload.max_tokens.source()}")
@@ -143,7 +150,8 @@ def evaluate_router_cmd(
 
         plots.mkdir(parents=True, exist_ok=True)
         metric_bars(aggregated, plots / "router_metrics.png", title=scn.name)
-        latency_cdf_plot(first_records, plots / "latency_cdf.png")
+        latency_cdf_plot({r: runs[0].records for r, runs in grid.items() if runs[0].records is not None},
+                         plots / "latency_cdf.png")
         console.print(f"wrote {plots / 'router_metrics.png'}, {plots / 'latency_cdf.png'}")
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlserve.cli.app import app, console
+from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, parallel_options
+from rlserve.cli.progress import LoggedProgress, progress_bar
 from rlserve.errors import ConfigError, RlserveError
 from rlserve.experiments import (
     COLUMNS,
@@ -33,9 +33,9 @@ QpsOpt = Annotated[float | None, typer.Option(help="Override the scenario's mean
 BatchingOpt = Annotated[str | None, typer.Option(help=f"Override every replica's batching mode {BATCHING_MODES}.")]
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+def _progress() -> LoggedProgress:
+    """The standard bar; without a terminal it logs lines at a bounded rate."""
+    return progress_bar(console)
 
 
 def _fmt(v: float | None) -> str:
@@ -131,6 +131,8 @@ def compare(
     qps: QpsOpt = None,
     batching: BatchingOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Compare routers on one scenario over several seeds: mean and 95% CI per metric.
 
@@ -139,6 +141,7 @@ def compare(
     """
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    parallel = parallel_options(workers, ray_address)
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     names, skipped = runnable_routers(scn, parse_router_list(routers))
     for name, why in skipped.items():
@@ -146,7 +149,7 @@ def compare(
     if not names:
         raise ConfigError("none of the routers can route this scenario's cluster")
     with _progress() as progress:
-        results = compare_routers(scn, names, list(range(seeds)), progress)
+        results = compare_routers(scn, names, list(range(seeds)), progress, parallel)
     table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds, max_tokens "
                         f"{scn.workload.max_tokens.source()}")
     table.add_column("router")

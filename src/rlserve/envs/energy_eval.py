@@ -4,7 +4,8 @@ Every controller runs through :func:`~rlserve.envs.energy_sim.run_controller` on
 below :data:`~rlserve.envs.energy_env.TRAIN_WORKLOAD_SEED_MIN`, never used in training), so differences are the
 controllers'. Per seed a run reports energy per token (the simulator's GPU energy over the whole run, idle
 included, per prompt + output token), SLO attainment, p99 TTFT/TPOT/E2E and the mean clock and cap; across seeds
-the mean and its 95% confidence half-width (:func:`rlserve.metrics.mean_ci95`).
+the mean and its 95% confidence half-width (:func:`rlserve.metrics.mean_ci95`). Each (controller x seed) run is
+an independent cell that :func:`rlserve.parallel.map_cells` runs in this process or as a Ray task.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rlserve.envs.energy_env import TRAIN_WORKLOAD_SEED_MIN
 from rlserve.envs.energy_sim import ControlRun, run_controller
 from rlserve.errors import ConfigError
 from rlserve.metrics import mean_ci95
+from rlserve.parallel import IN_PROCESS, Parallel, map_cells
 from rlserve.policies.energy.action_space import ActionSpace
 from rlserve.policies.energy.base import ControlContext, make_controller
 from rlserve.scenario import Scenario
@@ -82,27 +84,50 @@ def check_eval_seeds(seeds: Sequence[int]) -> None:
                           f"[0, {TRAIN_WORKLOAD_SEED_MIN})")
 
 
+@dataclass(frozen=True)
+class ControllerCell:
+    """One controller on one seed's workload of a scenario."""
+
+    spec: str
+    scenario: Scenario
+    seed: int
+    action_space: ActionSpace
+    interval_s: float
+    keep_run: bool
+
+
+def run_controller_cell(cell: ControllerCell) -> tuple[dict[str, float], ControlRun | None]:
+    """Run one cell (a Ray task body, or a plain call in this process): its metrics, and the run if asked for."""
+    scn = cell.scenario
+    controller = make_controller(cell.spec, control_context(scn, cell.action_space, cell.interval_s), seed=cell.seed)
+    run = run_controller(controller, scn.cluster, scn.build_workload(cell.seed), scn.slo,
+                         interval_s=cell.interval_s, seed=cell.seed, transition=scn.clock_transition)
+    return run_metrics(run), (run if cell.keep_run else None)
+
+
 def evaluate_controllers(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int], *,
                          action_space: ActionSpace, interval_s: float = 1.0, keep_runs: bool = False,
                          on_run: Callable[[str, int, dict[str, float]], None] | None = None,
-                         ) -> dict[str, ControllerResult]:
-    """Run every controller spec (``static``, ``clipper``, ``eais``, ``static:C@F``, ``dqn:PATH``) on each seed."""
+                         parallel: Parallel = IN_PROCESS) -> dict[str, ControllerResult]:
+    """Run every controller spec (``static``, ``clipper``, ``eais``, ``static:C@F``, ``dqn:PATH``) on each seed.
+
+    The (spec x seed) cells run in this process or as Ray tasks (``parallel``); either way the results are the same
+    numbers, in the order of ``specs`` and ``seeds``. ``on_run(spec, seed, metrics)`` is called as each finishes.
+    """
     check_eval_seeds(seeds)
-    results: dict[str, ControllerResult] = {}
-    workloads = {s: scenario.build_workload(s) for s in seeds}
-    for spec in specs:
-        res = ControllerResult(spec)
-        for seed in seeds:
-            controller = make_controller(spec, control_context(scenario, action_space, interval_s), seed=seed)
-            run = run_controller(controller, scenario.cluster, workloads[seed], scenario.slo,
-                                 interval_s=interval_s, seed=seed, transition=scenario.clock_transition)
-            metrics = run_metrics(run)
-            res.per_seed.append(metrics)
-            if keep_runs:
-                res.runs.append(run)
-            if on_run is not None:
-                on_run(spec, seed, metrics)
-        results[spec] = res
+    cells = [ControllerCell(spec, scenario, seed, action_space, interval_s, keep_runs)
+             for spec in specs for seed in seeds]
+
+    def done(i: int, out: tuple[dict[str, float], ControlRun | None]) -> None:
+        if on_run is not None:
+            on_run(cells[i].spec, cells[i].seed, out[0])
+
+    outs = map_cells(run_controller_cell, cells, parallel, done)
+    results = {spec: ControllerResult(spec) for spec in specs}
+    for cell, (metrics, run) in zip(cells, outs, strict=True):
+        results[cell.spec].per_seed.append(metrics)
+        if run is not None:
+            results[cell.spec].runs.append(run)
     return results
 
 
@@ -146,13 +171,14 @@ def pick_best(table: Sequence[dict[str, Any]], slo_target: float = 0.99) -> str:
 
 def search_specs(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int], *, action_space: ActionSpace,
                  slo_target: float = 0.99, interval_s: float = 1.0,
-                 on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
+                 on_run: Callable[[str, int, dict[str, float]], None] | None = None,
+                 parallel: Parallel = IN_PROCESS) -> GridSearchResult:
     """Run every spec on every seed and pick the best (:func:`pick_best`): tuning any baseline's parameters.
 
     Search on seeds other than the evaluation seeds, or the tuned baseline is tuned on the test set.
     """
     results = evaluate_controllers(specs, scenario, seeds, action_space=action_space, interval_s=interval_s,
-                                   on_run=on_run)
+                                   on_run=on_run, parallel=parallel)
     table = [_row(spec, res) for spec, res in results.items()]
     return GridSearchResult(pick_best(table, slo_target), slo_target, table)
 
@@ -160,7 +186,8 @@ def search_specs(specs: Sequence[str], scenario: Scenario, seeds: Sequence[int],
 def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequence[int],
                        clocks_mhz: Sequence[float], slo_target: float = 0.99, interval_s: float = 1.0,
                        action_space: ActionSpace | None = None, prune: bool = True,
-                       on_run: Callable[[str, int, dict[str, float]], None] | None = None) -> GridSearchResult:
+                       on_run: Callable[[str, int, dict[str, float]], None] | None = None,
+                       parallel: Parallel = IN_PROCESS) -> GridSearchResult:
     """The static (cap, clock) with the lowest mean energy per token whose SLO attainment on *every* seed meets
     ``slo_target`` (the best a fixed setting can do, chosen with hindsight on these seeds).
 
@@ -168,8 +195,8 @@ def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequen
     bisection finds the lowest clock that meets the target (about log2 of the clocks), and the search then
     walks up from it while energy per token keeps falling (energy is U-shaped in the clock, so the cheapest
     feasible clock is the lowest one or just above it). ``prune=False`` runs the whole grid. ``on_run(spec, seed,
-    metrics)`` reports progress. Independent (cap, clock) cells are what a parallel runner fans out
-    (:func:`search_specs` on subsets, then :func:`pick_best` on the union).
+    metrics)`` reports progress. ``parallel`` fans the cells out (:func:`evaluate_controllers`): the whole grid at
+    once without ``prune``, each bisection step's seeds with it (the steps depend on each other).
     """
     space = action_space or ActionSpace(tuple(sorted(set(caps))), tuple(sorted(set(clocks_mhz))))
     rows: dict[str, dict[str, Any]] = {}
@@ -178,15 +205,16 @@ def grid_search_static(scenario: Scenario, seeds: Sequence[int], *, caps: Sequen
         spec = f"static:{cap}@{f:g}"
         if spec not in rows:
             rows[spec] = search_specs([spec], scenario, seeds, action_space=space, slo_target=slo_target,
-                                      interval_s=interval_s, on_run=on_run).table[0]
+                                      interval_s=interval_s, on_run=on_run, parallel=parallel).table[0]
         return rows[spec]
 
     clocks = sorted(set(clocks_mhz))
+    if not prune:
+        specs = [f"static:{cap}@{f:g}" for cap in caps for f in clocks]
+        table = search_specs(specs, scenario, seeds, action_space=space, slo_target=slo_target,
+                             interval_s=interval_s, on_run=on_run, parallel=parallel).table
+        return GridSearchResult(pick_best(table, slo_target), slo_target, table)
     for cap in caps:
-        if not prune:
-            for f in clocks:
-                row(cap, f)
-            continue
         lo, hi = 0, len(clocks) - 1  # invariant: clocks[hi] is feasible (or it is the max clock)
         if row(cap, clocks[hi])["slo_attainment_min"] < slo_target:
             continue

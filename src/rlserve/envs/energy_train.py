@@ -6,6 +6,7 @@ The checkpoint's metadata carries the action space, the observation config and t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,12 @@ from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig, build_action_spa
 from rlserve.envs.energy_eval import control_context, run_metrics
 from rlserve.envs.energy_sim import run_controller
 from rlserve.errors import ConfigError, InputError
+from rlserve.parallel import Parallel
 from rlserve.policies.energy import make_controller
 from rlserve.policies.energy.dqn_controller import CHECKPOINT_KIND
 from rlserve.policies.energy.qnet import DuelingQNetwork
 from rlserve.rl.dqn import DQNConfig, DQNTrainResult, train
+from rlserve.rl.dqn_workers import EpisodeWorkers
 from rlserve.scenario import load_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
@@ -87,10 +90,13 @@ def load_train_config(name_or_path: str | Path) -> EnergyTrainConfig:
 
 
 def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool = False,
-                 on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> DQNTrainResult:
+                 on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None,
+                 workers: int | None = None, parallel: Parallel | None = None) -> DQNTrainResult:
     """Train a DQN energy controller; writes ``checkpoint.pt``, ``policy.pt``, ``config.yaml``, logs to ``out_dir``.
 
-    Uses one CPU thread (torch): the networks are small, and the machines this runs on are shared.
+    Uses one CPU thread (torch): the networks are small, and the machines this runs on are shared. ``workers``:
+    play the episodes on that many Ray actors (:mod:`rlserve.rl.dqn_workers`), on ``parallel``'s Ray (default: a
+    local Ray with one CPU per worker).
     """
     torch.set_num_threads(1)
     out = Path(out_dir)
@@ -105,8 +111,24 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
                 "hidden_sizes": list(config.dqn.hidden_sizes), "factored_advantage": config.factored_advantage,
                 "env": _plain(config.env.to_dict())}
     validate = Validator(config.env, config.validation_seeds) if config.validation_seeds > 0 else None
+    episode_workers = None
+    if workers is not None:
+        episode_workers = EpisodeWorkers(workers, functools.partial(EnergyEnv, config.env),
+                                         parallel or Parallel(workers=workers))
     return train(env, q, config.dqn, kind=CHECKPOINT_KIND, out_dir=out, resume=resume, metadata=metadata,
-                 metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end, validate=validate)
+                 metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end, validate=validate,
+                 episode_workers=episode_workers)
+
+
+def train_energy_cell(job: tuple[EnergyTrainConfig, Path],
+                      on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> Path:
+    """One training run of a sweep (a Ray task body, or a plain call): trains ``job = (config, out_dir)``.
+
+    Returns ``out_dir``; on a Ray cluster it must be on storage every node sees.
+    """
+    config, out_dir = job
+    train_energy(config, out_dir, on_episode_end=on_episode_end)
+    return Path(out_dir)
 
 
 class Validator:

@@ -26,7 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from rlserve.policies.routers import expected_latency_s
+from rlserve.policies.routers import KV_GROWTH, expected_latency_s
 from rlserve.rl.config import StateConfig
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
@@ -35,6 +35,7 @@ REPLICA_BASE = 11
 REPLICA_TEMPORAL = 8
 REPLICA_CAPABILITY = 3
 REPLICA_WORK = 5
+REPLICA_PREFIX_KV = 2
 REQUEST_FEATURES = 7
 GLOBAL_BASE = 3
 GLOBAL_TEMPORAL = 7
@@ -58,6 +59,7 @@ class StateBuilder:
         c = self.cfg
         return (REPLICA_BASE + (REPLICA_TEMPORAL if c.enable_enhanced_features else 0)
                 + (REPLICA_CAPABILITY if c.include_capability else 0) + (REPLICA_WORK if c.include_work else 0)
+                + (REPLICA_PREFIX_KV if c.include_prefix_kv else 0)
                 + REQUEST_FEATURES * c.max_queue_requests_per_replica)
 
     def get_state_dimension(self, num_replicas: int | None = None) -> int:
@@ -69,6 +71,11 @@ class StateBuilder:
 
     def feature_names(self) -> list[str]:
         """One name per state entry, in order (for docs, debugging and the checkpoint's metadata)."""
+        names = [f"r{i}.{f}" for i in range(self.num_replicas) for f in self.replica_feature_names()]
+        return names + self.global_feature_names()
+
+    def replica_feature_names(self) -> list[str]:
+        """Names of one replica's features, in order (the same for every replica)."""
         c = self.cfg
         per = ["queue_length", "allocated_blocks", "total_blocks", "kv_utilization", "kv_available",
                "running", "preempted_recent", "allocation_map_size", "batch_capacity", "block_size", "num_stages"]
@@ -79,11 +86,17 @@ class StateBuilder:
             per += ["rel_decode_speed", "rel_prefill_speed", "rel_kv_capacity"]
         if c.include_work:
             per += ["prefill_wait_s", "decode_backlog_s", "own_decode_s", "expected_latency_s", "latency_gap_s"]
+        if c.include_prefix_kv:
+            per += ["prefix_hit_fraction", "kv_load"]
         for k in range(c.max_queue_requests_per_replica):
             per += [f"q{k}_{f}" for f in ("age_s", "prompt_tokens", "processed_tokens", "remaining_prefill",
                                           "done_fraction", "output_tokens", "priority")]
-        names = [f"r{i}.{f}" for i in range(self.num_replicas) for f in per]
-        names += ["global_queue_length", "throughput_rps", "avg_latency_s"]
+        return per
+
+    def global_feature_names(self) -> list[str]:
+        """Names of the cluster-wide and request features, in order."""
+        c = self.cfg
+        names = ["global_queue_length", "throughput_rps", "avg_latency_s"]
         if c.enable_enhanced_features:
             names += ["qps_current", "qps_ema", "qps_trend", "qps_variance", "load_balance_cv",
                       "global_queue_delta", "completion_rate"]
@@ -138,7 +151,35 @@ class StateBuilder:
             arrival_s, prompt, output = float(request.arrival_s), int(request.prompt_tokens), int(request.max_tokens)
         return _features(fields.reshape(n, _NUM_FIELDS), queue, queued, float(snapshot.time_s), request is not None,
                          arrival_s, prompt, output, c.enable_enhanced_features, c.include_capability, c.include_work,
-                         c.include_request, float(c.ema_alpha), self._dimension, *self._history)
+                         c.include_request, c.include_prefix_kv, float(c.ema_alpha), self._dimension, *self._history)
+
+    def build_set(self, snapshot: ClusterSnapshot, request: Request | None, slots: int | None = None) -> np.ndarray:
+        """The same features in the replica-set layout of :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic`:
+        ``[global | replica count | replica 0 | ... ]``, zero-padded to ``slots`` replicas (default: no padding).
+
+        Nothing in it depends on where a replica is listed: each replica's block is computed from that replica and
+        cluster-wide quantities (maxima, minima, sums) only, and the blocks are in snapshot order, so listing the
+        replicas in another order permutes the blocks and changes nothing else.
+        """
+        flat = self.build(snapshot, request)
+        n, per = self.num_replicas, self.replica_dimension()
+        slots = n if slots is None else slots
+        if slots < n:
+            raise ValueError(f"{n} replicas do not fit in {slots} slots")
+        out = np.zeros(self.set_dimension(slots))
+        g = flat.size - n * per
+        out[:g] = flat[n * per:]
+        out[g] = n
+        out[g + 1: g + 1 + n * per] = flat[: n * per]
+        return out
+
+    def global_dimension(self) -> int:
+        """Global (cluster and request) features."""
+        return self._dimension - self.num_replicas * self.replica_dimension()
+
+    def set_dimension(self, slots: int) -> int:
+        """Length of a replica-set vector with ``slots`` replica slots."""
+        return self.global_dimension() + 1 + slots * self.replica_dimension()
 
     def _compile(self) -> None:
         """Run the kernel once on a blank cluster: numba compiles on the first call (seconds when its disk cache is
@@ -155,10 +196,11 @@ class StateBuilder:
 _READ_FIELDS = operator.attrgetter(
     "num_waiting", "num_running", "kv_blocks_used", "kv_blocks_total", "concurrency_cap", "num_preemptions_total",
     "block_size", "num_stages", "decode_tokens_per_s", "prefill_tokens_per_s", "kv_capacity_tokens",
-    "pending_prefill_tokens", "pending_decode_tokens", "completed_total", "recent_e2e_s")
+    "pending_prefill_tokens", "pending_decode_tokens", "completed_total", "recent_e2e_s", "prefix_hit_tokens",
+    "generated_tokens_total")
 (_WAITING, _RUNNING, _BLOCKS_USED, _BLOCKS_TOTAL, _CAP, _PREEMPTIONS, _BLOCK_SIZE, _STAGES, _DECODE_SPEED,
- _PREFILL_SPEED, _KV_CAPACITY, _PENDING_PREFILL, _PENDING_DECODE, _COMPLETED, _RECENT_E2E) = range(
-    _NUM_FIELDS := 15)
+ _PREFILL_SPEED, _KV_CAPACITY, _PENDING_PREFILL, _PENDING_DECODE, _COMPLETED, _RECENT_E2E, _PREFIX_HIT,
+ _GENERATED) = range(_NUM_FIELDS := 17)
 _expected_latency_s = numba.njit(cache=True, nogil=True)(expected_latency_s)  # the router's formula, compiled
 _QUEUE_FIELDS = 7  # age, prompt, processed, remaining prefill, output, generated, priority
 _LOAD_HIST, _PREEMPT_HIST = range(_REPLICA_HISTORIES := 2)
@@ -226,8 +268,9 @@ def _slope_var(values: np.ndarray) -> tuple[float, float]:
 @numba.njit(cache=True, nogil=True)
 def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: float, has_request: bool,
               arrival_s: float, prompt: int, output: int, enhanced: bool, capability: bool, work: bool,
-              request_features: bool, alpha: float, dim: int, replica_hist: np.ndarray, replica_prev: np.ndarray,
-              arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray, completion_counts: np.ndarray,
+              request_features: bool, prefix_kv: bool, alpha: float, dim: int, replica_hist: np.ndarray,
+              replica_prev: np.ndarray, arrivals: np.ndarray, qps_hist: np.ndarray, completion_times: np.ndarray,
+              completion_counts: np.ndarray,
               memory: np.ndarray) -> np.ndarray:
     """The state vector (layout: module docstring); updates the history arrays in place."""
     out = np.empty(dim)
@@ -242,11 +285,28 @@ def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: fl
     max_prefill = _max_or_one(fields[:, _PREFILL_SPEED])
     max_kv = _max_or_one(fields[:, _KV_CAPACITY])
     expected = np.zeros(n)
+    kv = np.zeros(n)
+    if prefix_kv:  # the least-expected-latency router's full estimate: expected output, prefix hit, KV demand
+        completed = generated = 0.0
+        for i in range(n):
+            completed += fields[i, _COMPLETED]
+            generated += fields[i, _GENERATED]
+        out_tokens = min(float(output), generated / completed) if completed > 0 else float(output)
+        for i in range(n):
+            f = fields[i]
+            if f[_KV_CAPACITY] > 0:
+                kv[i] = (f[_BLOCKS_USED] * f[_BLOCK_SIZE] + f[_PENDING_PREFILL] + max(prompt - f[_PREFIX_HIT], 1.0)
+                         + (f[_WAITING] + f[_RUNNING] + 1) * out_tokens * KV_GROWTH) / f[_KV_CAPACITY]
     if work and has_request:
         for i in range(n):
             f = fields[i]
-            expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
-                                              f[_WAITING] + f[_RUNNING], output, f[_DECODE_SPEED])
+            if prefix_kv:
+                expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
+                                                  f[_WAITING] + f[_RUNNING], out_tokens, f[_DECODE_SPEED],
+                                                  f[_PREFIX_HIT], kv[i])
+            else:
+                expected[i] = _expected_latency_s(f[_PENDING_PREFILL], prompt, f[_PREFILL_SPEED],
+                                                  f[_WAITING] + f[_RUNNING], output, f[_DECODE_SPEED])
     best = expected.min()
     for i in range(n):
         f = fields[i]
@@ -280,6 +340,8 @@ def _features(fields: np.ndarray, queue: np.ndarray, queued: np.ndarray, now: fl
             o = _put(out, o, (_log1p((f[_PENDING_PREFILL] + prompt) / f[_PREFILL_SPEED]),
                             _log1p(f[_PENDING_DECODE] / (f[_DECODE_SPEED] * (outstanding + 1))),
                             _log1p(output / f[_DECODE_SPEED]), _log1p(latency_s), _log1p(latency_s - best)))
+        if prefix_kv:
+            o = _put(out, o, (f[_PREFIX_HIT] / prompt if prompt > 0 else 0.0, kv[i]))
         for j in range(queue.shape[1]):
             if j < queued[i]:
                 q = queue[i, j]

@@ -21,10 +21,12 @@ import numpy as np
 
 from rlserve.envs.routing_env import RoutingEnv
 from rlserve.envs.scenario_sampler import RANDOMIZED, ScenarioSampler
+from rlserve.experiments import HEURISTICS
 from rlserve.policies import Router, make_router
 from rlserve.policies.ppo_router import PPORouter
 from rlserve.rl.config import TrainConfig, WarmStartConfig
 from rlserve.rl.ppo import TrainResult, train
+from rlserve.rl.rollout_workers import RolloutWorkers
 from rlserve.sim import ClusterConfig, simulate
 from rlserve.workload.request import Workload
 
@@ -49,22 +51,31 @@ def router_demonstrator(cfg: WarmStartConfig) -> Callable[[gym.Env, int], tuple[
     return demo
 
 
+def replica_sizes(cfg: TrainConfig) -> tuple[int, int] | None:
+    """``(min, max)`` cluster sizes of the replica-set network; ``None`` for the flat one (fixed size)."""
+    if cfg.network.architecture == "replica_set":
+        return cfg.env.min_replicas, cfg.env.max_replicas
+    return None
+
+
 def make_env(cfg: TrainConfig) -> RoutingEnv:
     """One routing environment as the config describes it."""
     return RoutingEnv(cfg.env.scenarios, num_replicas=cfg.env.num_replicas, episode_requests=cfg.env.episode_requests,
-                      state=cfg.state, reward=cfg.reward)
+                      state=cfg.state, reward=cfg.reward, replica_set=replica_sizes(cfg), holdout=cfg.env.holdout,
+                      lookahead_ttft_weight=cfg.warm_start.lookahead_ttft_weight)
 
 
 def router_metadata(cfg: TrainConfig) -> dict[str, Any]:
-    """What inference needs besides the weights: cluster size, state layout, feature names."""
+    """What inference needs besides the weights: architecture, cluster size(s), state layout, feature names."""
     env = make_env(cfg)
-    return {"num_replicas": cfg.env.num_replicas, "state": dataclasses.asdict(cfg.state),
+    return {"architecture": cfg.network.architecture, "num_replicas": env.num_replicas,
+            "replica_set_layout": env.replica_set_layout, "state": dataclasses.asdict(cfg.state),
             "feature_names": env.state_builder.feature_names()}
 
 
 VALIDATION_SEED = 20_240_601  # fixed: the validation set is the same for every run and config
-VALIDATION_BASELINES = ("least_outstanding", "join_shortest_queue", "power_of_two", "least_kv",
-                        "least_expected_latency")
+VALIDATION_BASELINES = tuple(h for h in HEURISTICS if h not in ("random", "round_robin"))
+"""The heuristics validation compares with: every shipped one (random and round robin are never the best)."""
 
 
 def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
@@ -74,13 +85,15 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
     ``best`` is the best of :data:`VALIDATION_BASELINES` on that metric (so 0 = as good as the best heuristic).
     Baselines are simulated once, on first use.
     """
-    sampler = ScenarioSampler([RANDOMIZED], cfg.env.num_replicas)
+    sizes = replica_sizes(cfg) or cfg.env.num_replicas
+    sampler = ScenarioSampler([RANDOMIZED], sizes, holdout=cfg.env.holdout)
     rng = np.random.default_rng(VALIDATION_SEED)
     cases = []
     for _ in range(cfg.checkpoints.validation_scenarios):
         scenario = sampler.sample(rng, cfg.checkpoints.validation_requests).scenario
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="token caps shortened")
+            warnings.filterwarnings("ignore", message="prefix.prefix_tokens")
             cases.append((scenario.cluster, scenario.build_workload(int(rng.integers(2**31 - 1)))))
     baselines: list[tuple[float, float]] = []
 
@@ -105,10 +118,15 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
 
 def train_router(cfg: TrainConfig, out_dir: str | Path | None, *, resume: bool = False,
                  stop_after_updates: int | None = None,
-                 progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``."""
+                 progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                 rollout_workers: RolloutWorkers | None = None) -> TrainResult:
+    """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``.
+
+    ``rollout_workers``: collect PPO rollouts on Ray actors (see :mod:`rlserve.rl.rollout_workers`).
+    """
     env_fns = [functools.partial(make_env, cfg) for _ in range(cfg.ppo.num_envs)]
     validate = router_validator(cfg) if cfg.checkpoints.validation_interval > 0 else None
     return train(cfg, env_fns, out_dir=out_dir, resume=resume, demonstrator=router_demonstrator(cfg.warm_start),
                  metadata=router_metadata(cfg), info_keys=RoutingEnv.info_keys(cfg.reward),
-                 stop_after_updates=stop_after_updates, progress=progress, validate=validate)
+                 stop_after_updates=stop_after_updates, progress=progress, validate=validate,
+                 rollout_workers=rollout_workers)

@@ -33,7 +33,9 @@ from rlserve.workload.request import Request
 
 LOOKAHEAD_TEACHER = "lookahead"
 """Teacher name of the clairvoyant lookahead planner (:mod:`rlserve.sim.lookahead`): demonstrations only."""
-LOOKAHEAD_TTFT_WEIGHT = 1.0  # the planner's cost = completion + first-token times, as the hindsight cost weighs them
+LOOKAHEAD_TTFT_WEIGHT = 1.0
+"""Default weight of first-token times in the lookahead teacher's cost (completion + weight x first-token times, as
+the hindsight cost weighs them); ``warm_start.lookahead_ttft_weight`` overrides it."""
 
 SYSTEM_KEYS = ("system/throughput_rps", "system/latency_s", "system/queue_length", "system/outstanding",
                "system/balance_cv", "system/qps")
@@ -47,27 +49,59 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         num_replicas: cluster size (all scenarios must have it; it is the action space size).
         episode_requests: M, requests (= decisions) per episode.
         state: observation layout; reward: reward definition.
+        replica_set: ``(min, max)`` replicas: clusters of any size in that range (randomised ones drawn uniformly),
+            observed in the replica-set layout padded to ``max`` slots
+            (:meth:`StateBuilder.build_set`, for :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic`); the
+            action space has ``max`` actions, of which the first ``n`` are valid. ``None``: the flat layout for
+            exactly ``num_replicas``.
+        holdout: randomised families never drawn (see :mod:`scenario_sampler`).
+        lookahead_ttft_weight: the lookahead teacher's weight of first-token times.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, scenarios: Sequence[str] = (RANDOMIZED,), *, num_replicas: int = 4,
                  episode_requests: int = 1024, state: StateConfig | None = None,
-                 reward: RewardConfig | None = None) -> None:
+                 reward: RewardConfig | None = None, replica_set: tuple[int, int] | None = None,
+                 holdout: Sequence[str] = (), lookahead_ttft_weight: float = LOOKAHEAD_TTFT_WEIGHT) -> None:
         super().__init__()
-        self.sampler = ScenarioSampler(scenarios, num_replicas)
-        self.num_replicas = num_replicas
+        self.lookahead_ttft_weight = lookahead_ttft_weight
+        self.replica_set = replica_set
+        sizes = (num_replicas, num_replicas) if replica_set is None else replica_set
+        self.sampler = ScenarioSampler(scenarios, sizes, holdout=holdout)
+        self.num_replicas = num_replicas if replica_set is None else replica_set[1]
         self.episode_requests = episode_requests
-        self.state_builder = StateBuilder(num_replicas, state)
+        self._state_cfg = state
+        self._builders: dict[int, StateBuilder] = {}
+        self.state_builder = self._builder(sizes[0])
         self.reward_calculator = RewardCalculator(reward)
-        dim = self.state_builder.get_state_dimension()
+        if replica_set is None:
+            dim = self.state_builder.get_state_dimension()
+        else:
+            dim = self.state_builder.set_dimension(self.num_replicas)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float64)
-        self.action_space = gym.spaces.Discrete(num_replicas)
+        self.action_space = gym.spaces.Discrete(self.num_replicas)
         self.current: SampledScenario | None = None
         self.sim: ClusterSimulator | None = None
         self._routers: dict[str, Router] = {}
         self._snapshot: ClusterSnapshot | None = None
         self._request: Request | None = None
+
+    def _builder(self, n: int) -> StateBuilder:
+        """The state builder for clusters of ``n`` replicas (one per size, made on first use)."""
+        if n not in self._builders:
+            self._builders[n] = StateBuilder(n, self._state_cfg)
+        return self._builders[n]
+
+    @property
+    def replica_set_layout(self) -> dict[str, Any] | None:
+        """Widths and replica feature names of the replica-set observation (``None`` in the flat layout); the
+        trainer builds a :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic` from it."""
+        if self.replica_set is None:
+            return None
+        b = self.state_builder
+        return {"global_dim": b.global_dimension(), "replica_dim": b.replica_dimension(), "slots": self.num_replicas,
+                "replica_features": b.replica_feature_names()}
 
     @staticmethod
     def info_keys(reward: RewardConfig | None = None) -> list[str]:
@@ -84,8 +118,10 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         workload_seed = int(rng.integers(2**31 - 1))
         with warnings.catch_warnings():  # lognormal tails cut by the scenario's token caps, by design
             warnings.filterwarnings("ignore", message="token caps shortened")
+            warnings.filterwarnings("ignore", message="prefix.prefix_tokens")  # short prompts share all they have
             workload = self.current.scenario.build_workload(workload_seed)
         self.sim = ClusterSimulator(self.current.scenario.cluster, workload, seed=workload_seed)
+        self.state_builder = self._builder(len(self.current.scenario.cluster.replicas))
         self._routers = {}
         self._planner: LookaheadPlanner | None = None
         self._best: tuple[tuple[str | float, ...], str] | None = None
@@ -104,8 +140,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         if sim is None or self._request is None:
             raise RuntimeError("call reset() before step()")  # gymnasium contract, not user input
         a = int(action)
-        if not 0 <= a < self.num_replicas:
-            raise ValueError(f"action {a} outside [0, {self.num_replicas})")
+        n = self.state_builder.num_replicas
+        if not 0 <= a < n:
+            raise ValueError(f"action {a} outside [0, {n}) (replicas of this episode's cluster)")
         rid = self._request.id
         t0 = sim.now
         sim.dispatch(a)
@@ -128,7 +165,9 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
     def _observe(self) -> np.ndarray:
         assert self.sim is not None  # set by reset()
         self._snapshot = self.sim.snapshot(queue_k=self.state_builder.cfg.max_queue_requests_per_replica)
-        return self.state_builder.build(self._snapshot, self._request)
+        if self.replica_set is None:
+            return self.state_builder.build(self._snapshot, self._request)
+        return self.state_builder.build_set(self._snapshot, self._request, self.num_replicas)
 
     def _interval(self, t0: float, t1: float) -> StepOutcome:
         """Request-seconds spent in the system and before the first token during ``[t0, t1]``."""
@@ -212,7 +251,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         """This episode's whole workload routed by ``router`` (a heuristic or the lookahead teacher)."""
         assert self.sim is not None
         if router == LOOKAHEAD_TEACHER:
-            return simulate_lookahead(self.sim.cluster, self.sim.workload, ttft_weight=LOOKAHEAD_TTFT_WEIGHT)[0]
+            return simulate_lookahead(self.sim.cluster, self.sim.workload, ttft_weight=self.lookahead_ttft_weight)[0]
         return simulate(self.sim.cluster, self.sim.workload, make_router(router, seed=self._router_seed))
 
     def heuristic_action(self, router: str) -> int:
@@ -223,7 +262,7 @@ class RoutingEnv(gym.Env[np.ndarray, np.int64]):
         if router == LOOKAHEAD_TEACHER:
             assert self.sim is not None
             if self._planner is None:
-                self._planner = LookaheadPlanner(self.sim, LOOKAHEAD_TTFT_WEIGHT)
+                self._planner = LookaheadPlanner(self.sim, self.lookahead_ttft_weight)
             return self._planner.choose()
         if router not in self._routers:
             self._routers[router] = make_router(router, seed=self._router_seed + len(self._routers))

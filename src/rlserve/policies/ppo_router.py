@@ -26,16 +26,18 @@ import numpy as np
 
 from rlserve.envs.router_state import StateBuilder
 from rlserve.errors import ConfigError
-from rlserve.rl.actor_critic import ActorCritic
-from rlserve.rl.actor_inference import CompiledActor
+from rlserve.rl.actor_critic import ActorCritic, ReplicaSetActorCritic
+from rlserve.rl.actor_inference import CompiledActor, CompiledReplicaSetActor
 from rlserve.rl.checkpoints import load_checkpoint
-from rlserve.rl.config import NetworkConfig, StateConfig, from_dict
-from rlserve.rl.normalizers import RunningNormalizer
-from rlserve.rl.ppo import CHECKPOINT_KIND
+from rlserve.rl.config import StateConfig, TrainConfig, from_dict
+from rlserve.rl.normalizers import ReplicaSetNormalizer, RunningNormalizer
+from rlserve.rl.ppo import CHECKPOINT_KIND, build_model, build_normalizer
 from rlserve.snapshot import ClusterSnapshot
 from rlserve.workload.request import Request
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "ppo_router_4x.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "checkpoints" / "ppo_router.pt"
+MAX_REPLICAS = 64
+"""Largest cluster a replica-set checkpoint accepts (the network has no limit; this bounds the decision time)."""
 
 
 class PPORouter:
@@ -48,34 +50,66 @@ class PPORouter:
 
     name = "ppo"
 
+    def _sizes(self) -> str:
+        return str(self.num_replicas) if self.num_replicas is not None else f"1-{MAX_REPLICAS}"
+
     def __init__(self, checkpoint: str | Path | None = None, *, temperature: float | None = None) -> None:
         path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
         data = load_checkpoint(path, kind=CHECKPOINT_KIND)
         meta = data["metadata"]
         self.checkpoint = path
-        self.num_replicas = int(meta["num_replicas"])
-        self.state_builder = StateBuilder(self.num_replicas, from_dict(StateConfig, meta["state"]))
-        net = from_dict(NetworkConfig, data["config"]["network"])
-        self.model = ActorCritic(data["obs_dim"], data["action_dim"], hidden_size=net.hidden_size,
-                                 proj_dim=net.proj_dim, layer_n=net.layer_n, gru_layers=net.gru_layers,
-                                 bounded_logits=net.bounded_logits, logit_scale=net.logit_scale)
+        cfg = from_dict(TrainConfig, data["config"])
+        self.state_cfg = from_dict(StateConfig, meta["state"])
+        layout = meta.get("replica_set_layout")
+        self.replica_set = layout is not None
+        self.model = build_model(cfg, data["obs_dim"], data["action_dim"], layout)
         self.model.load_state_dict(data["model"])  # strict: a mismatch raises, never random weights
         self.model.eval()  # the reference network; decisions run on its compiled copy
-        self.normalizer = RunningNormalizer(data["obs_dim"])
+        self.normalizer = build_normalizer(cfg, data["obs_dim"], layout)
         self.normalizer.load_state_dict(data["obs_normalizer"])
         self.normalizer.frozen = True
-        self.actor = CompiledActor(self.model, self.normalizer)  # takes raw observations
-        if self.state_builder.get_state_dimension() != data["obs_dim"]:
-            raise ConfigError(f"checkpoint {path}: state layout gives {self.state_builder.get_state_dimension()} "
-                              f"features but the network expects {data['obs_dim']}")
+        self.actor: CompiledActor | CompiledReplicaSetActor
+        if isinstance(self.model, ReplicaSetActorCritic):
+            assert isinstance(self.normalizer, ReplicaSetNormalizer)
+            self.num_replicas: int | None = None  # any size
+            self.actor = CompiledReplicaSetActor(self.model, self.normalizer)  # takes raw observations
+        else:
+            assert isinstance(self.model, ActorCritic) and isinstance(self.normalizer, RunningNormalizer)
+            self.num_replicas = int(meta["num_replicas"])
+            self.actor = CompiledActor(self.model, self.normalizer)
+        self._builders: dict[int, StateBuilder] = {}
+        self.state_builder = self.builder_for(self.num_replicas or 2)
+        b = self.state_builder
+        built: tuple[int, ...]
+        expected: tuple[int, ...]
+        if self.replica_set:
+            built = (b.global_dimension(), b.replica_dimension())
+            expected = (int(layout["global_dim"]), int(layout["replica_dim"]))
+        else:
+            built, expected = (b.get_state_dimension(),), (int(data["obs_dim"]),)
+        if built != expected:
+            raise ConfigError(f"checkpoint {path}: state layout gives {built} features but the network expects "
+                              f"{expected}")
         if temperature is not None and not temperature > 0:
             raise ConfigError(f"temperature must be > 0 (or None for argmax), got {temperature}")
         self.temperature = temperature
-        self.queue_k = self.state_builder.cfg.max_queue_requests_per_replica  # worlds may fill this many views
+        self.queue_k = self.state_cfg.max_queue_requests_per_replica  # worlds may fill this many views
         self.reset()
 
+    def builder_for(self, n: int) -> StateBuilder:
+        """The state builder for clusters of ``n`` replicas (one per size, made on first use)."""
+        if n not in self._builders:
+            self._builders[n] = StateBuilder(n, self.state_cfg)
+        return self._builders[n]
+
+    def supports(self, num_replicas: int) -> bool:
+        """Whether this checkpoint can route a cluster of ``num_replicas`` replicas."""
+        if self.num_replicas is not None:
+            return num_replicas == self.num_replicas
+        return 1 <= num_replicas <= MAX_REPLICAS
+
     def reset(self, seed: int | None = None) -> None:
-        """Start a new run: empty history, zero hidden state, fresh sampling generator."""
+        """Start a new run: empty history, zero hidden state, fresh sampling and tie-breaking generator."""
         self.state_builder.reset()
         self._hidden = self.actor.initial_state()
         self._rng = np.random.default_rng(seed if seed is not None else 0)
@@ -83,16 +117,28 @@ class PPORouter:
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
         """The replica for ``request``: argmax of the policy (or a tempered sample)."""
-        if snapshot.num_replicas != self.num_replicas:
-            raise ConfigError(f"this PPO checkpoint routes over {self.num_replicas} replicas, the cluster has "
-                              f"{snapshot.num_replicas}; train one for this cluster size")
+        n = snapshot.num_replicas
+        if not self.supports(n):
+            raise ConfigError(f"this PPO checkpoint routes {self._sizes()} replicas, the cluster has {n}"
+                              + ("; train one for this cluster size" if self.num_replicas is not None else ""))
+        if n != self.state_builder.num_replicas:  # the cluster changed size: start over with its builder
+            self.state_builder = self.builder_for(n)
+            self.state_builder.reset()
+            self._hidden = self.actor.initial_state()
         if self.queue_k and not self._warned_queue and any(r.outstanding and not r.queue for r in snapshot.replicas):
             warnings.warn("the checkpoint uses per-request queue features but the snapshot has no queue views; "
                           f"give the world queue_k={self.queue_k}", stacklevel=2)
             self._warned_queue = True
-        logits, self._hidden = self.actor.step(self.state_builder.build(snapshot, request), self._hidden)
+        if self.replica_set:
+            obs = self.state_builder.build_set(snapshot, request)
+        else:
+            obs = self.state_builder.build(snapshot, request)
+        logits, self._hidden = self.actor.step(obs, self._hidden)
         if self.temperature is None:
-            return int(logits.argmax())
+            # ties (identical replicas in identical states) broken at random, as the heuristics do: taking the
+            # first would make the result depend on the order the replicas are listed in
+            best = np.flatnonzero(logits == logits.max())
+            return int(best[0]) if best.size == 1 else int(best[self._rng.integers(best.size)])
         z = logits.astype(np.float64) / self.temperature
         p = np.exp(z - z.max())
         return int(self._rng.choice(len(p), p=p / p.sum()))

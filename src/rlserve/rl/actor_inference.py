@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlserve.rl.actor_critic import ActorCritic
-from rlserve.rl.normalizers import RunningNormalizer
+from rlserve.rl.actor_critic import ActorCritic, ReplicaSetActorCritic
+from rlserve.rl.normalizers import ReplicaSetNormalizer, RunningNormalizer
 
 # operation codes of a program row: (code, n_in, n_out, a, b, c, d)
 _LINEAR = 0  # y = W x + b; a: W (n_out x n_in, row-major), b: bias
@@ -188,28 +188,24 @@ def _sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float, obs: np.ndarray,
-         hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and next hidden state for one observation (``mean.size == 0``: ``obs`` is already normalised)."""
-    width = obs.size
+def _width(program: np.ndarray, width: int) -> int:
+    """The scratch width ``program`` needs for an input of ``width`` values."""
     for r in range(program.shape[0]):
         width = max(width, program[r, 2], 3 * program[r, 2] if program[r, 0] == _GRU else 0)
-    scratch = np.empty((4, width), np.float32)  # one allocation for the four work vectors
+    return width
+
+
+@numba.njit(cache=True, nogil=True)
+def _exec(program: np.ndarray, params: np.ndarray, x_in: np.ndarray, hidden: np.ndarray,
+          new_hidden: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Run ``program`` on the float32 vector ``x_in``; GRU rows read ``hidden[layer]`` and write ``new_hidden``.
+    ``scratch``: ``(4, >= _width(program, x_in.size))`` float32 work space, reused across calls (no allocation per
+    call). Returns the output vector, a view into ``scratch`` (valid until the next call with it)."""
     x, y, gi, gh = scratch[0], scratch[1], scratch[2], scratch[3]
-    if mean.size:
-        for i in range(obs.size):
-            z = (obs[i] - mean[i]) / scale[i]
-            if z > clip:
-                z = clip
-            elif z < -clip:
-                z = -clip
-            x[i] = z
-    else:
-        for i in range(obs.size):
-            x[i] = obs[i]
-    new_hidden = np.empty_like(hidden)
+    for i in range(x_in.size):
+        x[i] = x_in[i]
     layer = 0
-    n = obs.size  # the width of x
+    n = x_in.size  # the width of x
     for r in range(program.shape[0]):
         code, n_in, n_out = program[r, 0], program[r, 1], program[r, 2]
         a, b, c, d = program[r, 3], program[r, 4], program[r, 5], program[r, 6]
@@ -256,7 +252,157 @@ def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.nd
                 out[i] = new + update * (h[i] - new)
                 x[i] = out[i]
             layer += 1
-    return x[:n].copy(), new_hidden
+    return x[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _standardise(obs: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float, out: np.ndarray) -> None:
+    """``out = clip((obs - mean) / scale)`` in float64, stored as float32 (:meth:`RunningNormalizer.normalize`'s
+    operations, so the bits agree); ``mean.size == 0``: copy."""
+    if mean.size:
+        for i in range(obs.size):
+            z = (obs[i] - mean[i]) / scale[i]
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            out[i] = z
+    else:
+        for i in range(obs.size):
+            out[i] = obs[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _run(program: np.ndarray, params: np.ndarray, mean: np.ndarray, scale: np.ndarray, clip: float, obs: np.ndarray,
+         hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and next hidden state for one observation (``mean.size == 0``: ``obs`` is already normalised)."""
+    x = np.empty(obs.size, np.float32)
+    _standardise(obs, mean, scale, clip, x)
+    new_hidden = np.empty_like(hidden)
+    scratch = np.empty((4, _width(program, obs.size)), np.float32)
+    return _exec(program, params, x, hidden, new_hidden, scratch).copy(), new_hidden
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _run_set(encoder: np.ndarray, pool: np.ndarray, gru: np.ndarray, head: np.ndarray, params: np.ndarray,
+             g_mean: np.ndarray, g_scale: np.ndarray, r_mean: np.ndarray, r_scale: np.ndarray, clip: float,
+             obs: np.ndarray, global_dim: int, replica_dim: int, prior_index: int, prior_weight: np.float32,
+             hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (one per replica) and the next hidden state of a replica-set actor for one raw observation
+    ``[global | count | replica 0 | ...]`` (:class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic.forward`)."""
+    n = int(obs[global_dim])
+    g = np.empty(global_dim, np.float32)
+    _standardise(obs[:global_dim], g_mean, g_scale, clip, g)
+    x_in = np.empty(replica_dim + global_dim, np.float32)
+    x_in[replica_dim:] = g
+    reps = np.empty((n, replica_dim), np.float32)
+    base = global_dim + 1
+    for i in range(n):
+        _standardise(obs[base + i * replica_dim: base + (i + 1) * replica_dim], r_mean, r_scale, clip, reps[i])
+    width = encoder[encoder.shape[0] - 1, 2]
+    scratch = np.empty((4, max(_width(encoder, x_in.size), _width(pool, 2 * width), _width(gru, width),
+                               _width(head, 3 * width))), np.float32)
+    e_rows = np.empty((n, width), np.float32)
+    for i in range(n):
+        x_in[:replica_dim] = reps[i]
+        e_rows[i] = _exec(encoder, params, x_in, hidden, hidden, scratch)  # no GRU rows: hidden is untouched
+    pooled_in = np.zeros(2 * width, np.float32)
+    for i in range(n):
+        e = e_rows[i]
+        for j in range(width):
+            pooled_in[j] += e[j]
+            if i == 0 or e[j] > pooled_in[width + j]:
+                pooled_in[width + j] = e[j]
+    for j in range(width):
+        pooled_in[j] /= np.float32(n)
+    pooled = _exec(pool, params, pooled_in, hidden, hidden, scratch).copy()
+    new_hidden = np.empty_like(hidden)
+    a = _exec(gru, params, pooled, hidden, new_hidden, scratch).copy()
+    # the head's first layer reads [e_i | pooled | a]: the pooled and memory part is the same for every replica,
+    # so it is computed once (exact: a dot product split in two sums, within the reordering _affine allows)
+    hidden_out = head[0, 2]
+    shared = np.empty(hidden_out, np.float32)
+    w, bias = head[0, 3], head[0, 4]
+    for j in range(hidden_out):
+        row = w + j * 3 * width
+        acc = np.float32(0.0)
+        for k in range(width):
+            acc += params[row + width + k] * pooled[k] + params[row + 2 * width + k] * a[k]
+        shared[j] = acc + params[bias + j]
+    first = np.empty(hidden_out, np.float32)
+    logits = np.empty(n, np.float32)
+    for i in range(n):
+        e = e_rows[i]
+        for j in range(hidden_out):
+            row = w + j * 3 * width
+            acc = np.float32(0.0)
+            for k in range(width):
+                acc += params[row + k] * e[k]
+            first[j] = acc + shared[j]
+        logit = _exec(head[1:], params, first, hidden, hidden, scratch)[0]
+        if prior_index >= 0:
+            logit -= prior_weight * reps[i, prior_index]
+        logits[i] = logit
+    return logits, new_hidden
+
+
+class CompiledReplicaSetActor:
+    """The actor of a :class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic` as one compiled call, for any
+    replica count (the per-replica encoder and head run once per replica with the same weights).
+
+    Same folding, arithmetic and weight copying as :class:`CompiledActor`; the normaliser's shared per-replica
+    statistics are applied to every replica's block. ``step`` takes the raw replica-set vector
+    (``StateBuilder.build_set``) and returns one logit per replica present.
+    """
+
+    def __init__(self, model: ReplicaSetActorCritic, normalizer: ReplicaSetNormalizer) -> None:
+        gru = model.actor_gru
+        if gru.bidirectional or gru.proj_size or not gru.bias or gru.batch_first:
+            raise ValueError("compiled actor: only unidirectional GRUs with biases (torch defaults) are supported")
+        if (normalizer.global_dim, normalizer.replica_dim) != (model.global_dim, model.replica_dim):
+            raise ValueError(f"normaliser widths {(normalizer.global_dim, normalizer.replica_dim)} != the network's "
+                             f"{(model.global_dim, model.replica_dim)}")
+        self.global_dim, self.replica_dim = model.global_dim, model.replica_dim
+        self.gru_layers, self.hidden_size = gru.num_layers, gru.hidden_size
+        h = model.hidden_size
+        programs = []
+        params: list[np.ndarray] = []
+        offset = 0
+        for width, modules, with_gru in (
+                (model.replica_dim + model.global_dim, (model.feature_proj, model.shared_mlp), False),
+                (2 * h, (model.pool,), False), (h, (), True), (3 * h, (model.actor_mlp, model.actor_out), False)):
+            prog = _ProgramWriter(width)
+            prog.size = offset  # one parameter array for all four programs
+            prog.chain(*modules)
+            if with_gru:
+                for w_ih, w_hh, b_ih, b_hh in gru.all_weights:
+                    prog.row(_GRU, h, prog.put(_f64(w_ih)), prog.put(_f64(w_hh)), prog.put(_f64(b_ih)),
+                             prog.put(_f64(b_hh)))
+            programs.append(np.array(prog.rows, np.int64).reshape(-1, _ROW))
+            params += prog.params
+            offset = prog.size
+        self._encoder, self._pool, self._gru, self._head = programs
+        if self._head[0, 0] != _LINEAR or self._head[0, 1] != 3 * h:  # _run_set splits this layer's product
+            raise ValueError("compiled actor: the replica-set head must start with a linear layer over 3 x hidden")
+        self._params = np.concatenate(params)
+        self._prior_index = -1 if model.prior_feature is None else model.prior_feature
+        self._prior_weight = np.float32(float(torch.nn.functional.softplus(model.prior_weight.detach())))
+        self._g_mean, self._g_scale = normalizer.globals.mean.copy(), normalizer.globals.scale.copy()
+        self._r_mean, self._r_scale = normalizer.replica.mean.copy(), normalizer.replica.scale.copy()
+        self._clip = normalizer.clip
+        blank = np.zeros(self.global_dim + 1 + 2 * self.replica_dim)
+        blank[self.global_dim] = 2
+        self.step(blank, self.initial_state())  # compile now, not on the first decision
+
+    def initial_state(self) -> np.ndarray:
+        """Zero hidden state (the start of an episode), ``(gru_layers, hidden_size)`` float32."""
+        return np.zeros((self.gru_layers, self.hidden_size), np.float32)
+
+    def step(self, obs: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Untempered logits ``(n,)`` float32 for the ``n`` replicas of ``obs`` and the next hidden state."""
+        return _run_set(self._encoder, self._pool, self._gru, self._head, self._params, self._g_mean,
+                        self._g_scale, self._r_mean, self._r_scale, self._clip, np.asarray(obs, np.float64),
+                        self.global_dim, self.replica_dim, self._prior_index, self._prior_weight, hidden)
 
 
 class CompiledActor:

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from rlserve.errors import ConfigError
-from rlserve.rl.actor_critic import ActorCritic
-from rlserve.rl.normalizers import RunningNormalizer
+from rlserve.rl.actor_critic import RecurrentPolicy
+from rlserve.rl.normalizers import ObsNormalizer
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,12 @@ class Demonstrations:
     actions: np.ndarray
     episode_starts: np.ndarray
 
-    def normalized(self, norm: RunningNormalizer) -> Demonstrations:
+    def normalized(self, norm: ObsNormalizer) -> Demonstrations:
         """The same demonstrations with observations passed through ``norm``."""
         return Demonstrations(norm.normalize(self.obs), self.actions, self.episode_starts)
 
 
-def behaviour_clone(model: ActorCritic, demos: Demonstrations, *, chunk_len: int, epochs: int, lr: float,
+def behaviour_clone(model: RecurrentPolicy, demos: Demonstrations, *, chunk_len: int, epochs: int, lr: float,
                     minibatch_chunks: int, rng: np.random.Generator) -> dict[str, float]:
     """Fit the actor to the teacher's actions by cross-entropy; returns the final epoch's loss and accuracy.
 
@@ -81,7 +81,7 @@ def behaviour_clone(model: ActorCritic, demos: Demonstrations, *, chunk_len: int
 
 
 @torch.no_grad()
-def _chunk_start_states(model: ActorCritic, obs: torch.Tensor, masks: torch.Tensor, chunk_len: int) -> torch.Tensor:
+def _chunk_start_states(model: RecurrentPolicy, obs: torch.Tensor, masks: torch.Tensor, chunk_len: int) -> torch.Tensor:
     """Hidden state of the current network at the first step of every chunk, running through the demonstrations."""
     t_used, n = masks.shape
     h = model.initial_state(n)

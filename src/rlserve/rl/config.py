@@ -31,6 +31,18 @@ from rlserve.errors import ConfigError
 class NetworkConfig:
     """Actor-critic architecture (see :mod:`rlserve.rl.actor_critic`)."""
 
+    architecture: Literal["replica_set", "flat"] = "replica_set"
+    """``replica_set``: the permutation-equivariant network (shared per-replica encoder, one logit per replica,
+    any cluster size with one set of weights; a deviation from the seed, see docs/ppo_router.md). ``flat``: the
+    seed's network over one flat vector, for exactly ``env.num_replicas`` replicas in a fixed order."""
+    prior_feature: str | None = "latency_gap_s"
+    """Replica-set network: the replica feature whose standardised value, times ``-prior_scale`` (learnable), is
+    added to the replica's logit (the residual prior; the default is least-expected-latency's gap to the best
+    replica, so the untrained policy routes like that heuristic). null = no prior."""
+    prior_scale: float = 3.0
+    """Initial weight of the residual prior (logits per standard deviation of the prior feature)."""
+    zero_init_head: bool = True
+    """Replica-set network: the learned correction of the logits starts at exactly 0 (else the 0.01-gain init)."""
     hidden_size: int = 64
     """Width of hidden layers and GRUs (seed: 128; 64 learns as well here at half the CPU cost)."""
     proj_dim: int = 128
@@ -153,6 +165,11 @@ class StateConfig:
     include_work: bool = True
     """Per-replica seconds of queued work (pending prefill and decode tokens over the replica's speed), the
     request's own decode time there, the least-expected-latency estimate and its gap to the best replica."""
+    include_prefix_kv: bool = False
+    """Per replica: the expected prefix-cache hit as a fraction of the prompt and the KV demand over capacity (as
+    least_expected_latency computes them), and the work features' latency estimate becomes that router's full one
+    (expected output, prefix hit, KV demand). Off by default so that layouts trained before it keep their meaning;
+    the shipped recipe turns it on."""
     norm_clip: float = 10.0
     """Standardised features are clipped to [-norm_clip, norm_clip]."""
     norm_eps: float = 1e-2
@@ -199,6 +216,9 @@ class WarmStartConfig:
     better (in hindsight, mean E2E + mean TTFT) by more than ``teacher_margin``. One name = always that router.
     Besides router names, ``lookahead`` is the clairvoyant planner of ``rlserve.sim.lookahead`` (it sees true output
     lengths, so it can teach in simulation but never route for real; docs/ppo_router.md has its results)."""
+    lookahead_ttft_weight: float = 1.0
+    """Weight of first-token times in the ``lookahead`` teacher's cost (completion times + weight x first-token
+    times); larger values make its demonstrations protect the TTFT tail more."""
     teacher_margin: float = 0.0
     """Relative cost advantage another candidate needs to replace the first teacher for an episode (0 = plain
     hindsight best). A 5% margin (fewer teacher switches on near-ties) scored worse in our validation runs."""
@@ -256,7 +276,15 @@ class EnvConfig:
     """Scenario names or YAML paths sampled per episode; ``randomized`` draws a random 4-replica cluster and
     workload (see :mod:`rlserve.envs.scenario_sampler`)."""
     num_replicas: int = 4
-    """Cluster size of ``randomized`` scenarios (the action space size)."""
+    """Flat network: the cluster size of ``randomized`` scenarios (the action space size)."""
+    min_replicas: int = 2
+    """Replica-set network: the smallest cluster drawn by ``randomized`` (sizes are uniform in [min, max])."""
+    max_replicas: int = 16
+    """Replica-set network: the largest cluster drawn, and the padded width of training observations (the trained
+    network routes any size; this only bounds what it was trained on)."""
+    holdout: list[str] = field(default_factory=lambda: ["code", "summarisation", "two_tier", "one_fast"])
+    """Randomised scenario families never drawn in training (``envs.scenario_sampler.FAMILIES``): the benchmark
+    reports on them separately, as the generalisation figure."""
 
 
 @dataclass
@@ -353,6 +381,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     t = cfg.temperature
     if not 0 < t.min_temperature <= t.base_temperature <= t.max_temperature:
         raise ConfigError("temperature: need 0 < min_temperature <= base_temperature <= max_temperature")
+    if not 1 <= cfg.env.min_replicas <= cfg.env.max_replicas:
+        raise ConfigError("env: need 1 <= min_replicas <= max_replicas")
     if cfg.total_updates < 1 or cfg.env.episode_requests < 2:
         raise ConfigError("total_updates must be >= 1 and env.episode_requests >= 2")
     return cfg

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -52,6 +52,9 @@ from torch import nn
 from rlserve.errors import ConfigError
 from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rlserve.rl.logger import CSVWriter, Logger, TensorBoardWriter
+
+if TYPE_CHECKING:
+    from rlserve.rl.dqn_workers import EpisodeWorkers
 
 
 @dataclass
@@ -195,6 +198,13 @@ class ReplayBuffer:
         self.pos, self.size = int(state["pos"]), n
 
 
+def epsilon_at(c: DQNConfig, steps: int) -> float:
+    """Exploration rate after ``steps`` remembered steps (linear decay, then flat)."""
+    if steps >= c.eps_decay_steps:
+        return c.eps_end
+    return c.eps_start + steps / c.eps_decay_steps * (c.eps_end - c.eps_start)
+
+
 class DQNAgent:
     """Online and target Q-networks, replay buffer and epsilon schedule, with the seed's three verbs.
 
@@ -219,10 +229,7 @@ class DQNAgent:
     @property
     def epsilon(self) -> float:
         """Exploration rate at the current step (linear decay, then flat)."""
-        c = self.config
-        if self.steps >= c.eps_decay_steps:
-            return c.eps_end
-        return c.eps_start + self.steps / c.eps_decay_steps * (c.eps_end - c.eps_start)
+        return epsilon_at(self.config, self.steps)
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -324,6 +331,7 @@ class DQNTrainResult:
     episode_returns: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     checkpoint: Path | None = None
+    worker_replacements: int = 0  # episode workers that died and were replaced (with episode workers)
 
 
 CHECKPOINT_NAME = "checkpoint.pt"  # full training state (resume)
@@ -348,7 +356,8 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
           metric_names: Sequence[str] = (),
           episode_seed: Callable[[int], int] | None = None,
           on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None,
-          validate: Callable[[Path], float] | None = None) -> DQNTrainResult:
+          validate: Callable[[Path], float] | None = None,
+          episode_workers: EpisodeWorkers | None = None) -> DQNTrainResult:
     """Train ``q_network`` on ``env`` and write checkpoints to ``out_dir``.
 
     Args:
@@ -362,6 +371,8 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
         validate: called with the path of each ``policy.pt`` written (every checkpoint and at the end); the
             highest-scoring one is kept as ``best.pt``. Greedy DQN policies fluctuate between checkpoints, so the
             policy to deploy is chosen on held-out validation runs, not taken from wherever training stopped.
+        episode_workers: play the episodes on Ray actors, a round of one episode per worker at a time
+            (:mod:`rlserve.rl.dqn_workers`); the learner learns from them in episode order. ``None``: one process.
 
     At each episode end ``info["episode_metrics"]`` (if the env provides it) is logged under ``system/``.
     """
@@ -387,6 +398,12 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
     log = logger if logger is not None else (default_logger(out, metric_names) if out is not None else Logger())
     next_ckpt = agent.steps + config.checkpoint_interval if config.checkpoint_interval else None
     ck_path = None
+    pool = None
+    if episode_workers is not None:
+        from rlserve.rl.dqn_workers import EpisodePool, learn_episode
+
+        pool = EpisodePool(episode_workers, q_network)
+    played: list[dict[str, Any]] = []  # a round's episodes not learned from yet
 
     def save() -> Path | None:
         nonlocal best_score
@@ -408,7 +425,12 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
     try:
         while agent.steps < config.total_steps:
             t0 = time.perf_counter()
-            ep_return, ep_cost, actions, info = run_episode(env, agent, seed_of(episode), log)
+            if pool is None:
+                ep_return, ep_cost, actions, info = run_episode(env, agent, seed_of(episode), log)
+            else:
+                if not played:  # a round: one episode per worker, all with the current weights
+                    played = pool.play_round(agent, seed_of, episode)
+                ep_return, ep_cost, actions, info = learn_episode(agent, played.pop(0), log)
             returns.append(ep_return)
             if config.lagrangian:
                 log.record("train/mean_cost", ep_cost / len(actions))
@@ -427,7 +449,7 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
             episode += 1
             if on_episode_end is not None:
                 on_episode_end(episode - 1, info)
-            if next_ckpt is not None and agent.steps >= next_ckpt:
+            if next_ckpt is not None and agent.steps >= next_ckpt and not played:  # at a round's end
                 ck_path = save()
                 next_ckpt = agent.steps + config.checkpoint_interval
         ck_path = save() or ck_path
@@ -435,7 +457,10 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
             log.dump(agent.steps)  # the final validation score
     finally:
         log.close()
-    return DQNTrainResult(agent.steps, episode, returns, time.perf_counter() - started, ck_path)
+        if pool is not None:
+            pool.close()
+    return DQNTrainResult(agent.steps, episode, returns, time.perf_counter() - started, ck_path,
+                          pool.replacements if pool is not None else 0)
 
 
 def run_episode(env: gym.Env, agent: DQNAgent, seed: int,
@@ -447,18 +472,26 @@ def run_episode(env: gym.Env, agent: DQNAgent, seed: int,
         action = agent.choose_action(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
         cost = float(info.get("cost", 0.0)) if agent.config.lagrangian else 0.0
-        # truncation is not termination: the stored transition bootstraps from next_obs
-        agent.remember(obs, action, float(reward), next_obs, bool(terminated), bool(truncated), cost)
-        stats = agent.learn()
-        if stats is not None:
-            for k, v in stats.items():
-                log.record_mean(f"train/{k}", v)
+        learn_step(agent, obs, action, float(reward), next_obs, bool(terminated), bool(truncated), cost, log)
         ep_return += float(reward)
         ep_cost += cost
         actions.append(action)
         obs = next_obs
         if terminated or truncated:
             return ep_return, ep_cost, actions, info
+
+
+def learn_step(agent: DQNAgent, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
+               truncated: bool, cost: float, log: Logger) -> None:
+    """Remember one transition and take the gradient step that is due (in this process or from a worker's episode).
+
+    Truncation is not termination: the stored transition bootstraps from ``next_obs``.
+    """
+    agent.remember(obs, action, reward, next_obs, terminated, truncated, cost)
+    stats = agent.learn()
+    if stats is not None:
+        for k, v in stats.items():
+            log.record_mean(f"train/{k}", v)
 
 
 def _reset_parameters(module: nn.Module) -> None:

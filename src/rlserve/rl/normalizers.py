@@ -144,3 +144,81 @@ class ReturnScaler:
         self.gamma, self.clip, self.eps = float(state["gamma"]), float(state["clip"]), float(state["eps"])
         self.returns = np.asarray(state["returns"], np.float64)
         self.stats.load_state_dict(state["stats"])
+
+
+class ReplicaSetNormalizer:
+    """Standardisation for the replica-set layout (:class:`~rlserve.rl.actor_critic.ReplicaSetActorCritic`): one
+    set of statistics for the global features and *one* for a replica's features, shared by every replica.
+
+    Per-position statistics (a :class:`RunningNormalizer` over the flat vector) would scale replica 0's features
+    differently from replica 3's and break the permutation equivariance the network has by construction; they
+    would also tie the checkpoint to one cluster size. Here a replica's features are standardised the same way in
+    any slot and for any count; only present replicas (slot < count) update the statistics; the count column
+    passes through unchanged. Same interface as :class:`RunningNormalizer` where the trainer uses it.
+    """
+
+    def __init__(self, global_dim: int, replica_dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.global_dim, self.replica_dim = global_dim, replica_dim
+        self.globals = RunningNormalizer(global_dim, clip, eps)
+        self.replica = RunningNormalizer(replica_dim, clip, eps)
+        self.clip = float(clip)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the statistics are fixed."""
+        return self.globals.frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self.globals.frozen = self.replica.frozen = value
+
+    def _split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat = np.asarray(x, np.float64)
+        g = flat[..., : self.global_dim]
+        count = flat[..., self.global_dim]
+        reps = flat[..., self.global_dim + 1:]
+        return g, count, reps.reshape(*reps.shape[:-1], -1, self.replica_dim)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add a sample or a batch of replica-set vectors (the present replicas' rows only)."""
+        if self.frozen:
+            return
+        g, count, reps = self._split(x)
+        self.globals.update(g)
+        present = np.arange(reps.shape[-2]) < count[..., None]
+        self.replica.update(reps[present])
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Standardise and clip (any leading batch shape, any number of slots); float32, the count kept raw."""
+        g, count, reps = self._split(x)
+        out = np.concatenate([self.globals.normalize(g), count[..., None].astype(np.float32),
+                              self.replica.normalize(reps).reshape(*reps.shape[:-2], -1)], axis=-1)
+        return out
+
+    def expanded(self, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and scale vectors for the flat layout with ``slots`` replicas (count column: mean 0, scale 1)."""
+        mean = np.concatenate([self.globals.mean, [0.0], np.tile(self.replica.mean, slots)])
+        scale = np.concatenate([self.globals.scale, [1.0], np.tile(self.replica.scale, slots)])
+        return mean, scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both statistics (see :meth:`RunningNormalizer.state_dict`)."""
+        return {"layout": "replica_set", "global_dim": self.global_dim, "replica_dim": self.replica_dim,
+                "globals": self.globals.state_dict(), "replica": self.replica.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved.
+
+        Raises:
+            InputError: the checkpoint has a flat normaliser or other feature widths.
+        """
+        if state.get("layout") != "replica_set":
+            raise InputError("normalizer mismatch: the checkpoint has a flat normaliser, this network a replica-set "
+                             "one; the checkpoint was trained with network.architecture: flat")
+        self.globals.load_state_dict(state["globals"])
+        self.replica.load_state_dict(state["replica"])
+        self.clip = self.globals.clip
+
+
+ObsNormalizer = RunningNormalizer | ReplicaSetNormalizer
+"""Either observation normaliser (flat network / replica-set network)."""

@@ -14,10 +14,11 @@ clipped surrogate, clipped value loss  ``PPOTrainer.update`` (``# policy loss``,
 entropy bonus, KL penalty, target KL   ``PPOTrainer.update``
 KL to the frozen BC policy, decaying   ``PPOTrainer.update`` (``# KL to the reference``), ``kl_ref_coef``
 global grad-norm clipping              ``PPOTrainer.update``
-recurrent minibatches of whole chunks  ``RolloutBuffer.sequences`` + ``ActorCritic.evaluate_actions``
+recurrent minibatches of whole chunks  ``RolloutBuffer.sequences`` + ``RecurrentPolicy.evaluate_actions``
 same distribution for old/new logp     temperature stored per step and reused in ``evaluate_actions``
 observation / reward normalisation     ``normalizers``; fitted in the stabilisation phase, then frozen
 bit-for-bit resume                     ``_checkpoint_payload`` / ``_restore``; environments replayed by seed+actions
+rollouts on Ray actors (optional)      ``rollout_workers.RolloutPool.collect`` (``rollout_workers=`` of :func:`train`)
 =====================================  ============================================================
 
 Environments must be deterministic for a seed: resume re-creates each environment's current episode from its
@@ -41,13 +42,14 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 from rlserve.errors import ConfigError, InputError
-from rlserve.rl.actor_critic import ActorCritic
+from rlserve.rl.actor_critic import ActorCritic, RecurrentPolicy, ReplicaSetActorCritic
 from rlserve.rl.bc import Demonstrations, behaviour_clone
 from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rlserve.rl.config import TrainConfig
 from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, StdoutWriter, TensorBoardWriter, Writer
-from rlserve.rl.normalizers import ReturnScaler, RunningNormalizer
+from rlserve.rl.normalizers import ObsNormalizer, ReplicaSetNormalizer, ReturnScaler, RunningNormalizer
 from rlserve.rl.rollout_buffer import RolloutBuffer
+from rlserve.rl.rollout_workers import RolloutPool, RolloutWorkers
 from rlserve.rl.temperature import TemperatureController
 
 CHECKPOINT_KIND = "ppo"
@@ -70,16 +72,17 @@ class TrainResult:
     decisions_per_s: float  # environment steps per second of wall time over the PPO phase
     history: list[dict[str, float]] = field(default_factory=list)  # the scalars dumped after each update
     bc_stats: dict[str, float] = field(default_factory=dict)  # behaviour cloning's final loss and accuracy
-    model: ActorCritic | None = None
+    model: RecurrentPolicy | None = None
     best_path: Path | None = None  # the best validated checkpoint (with a validate callback)
     best_score: float = -float("inf")
+    worker_replacements: int = 0  # rollout workers that died and were replaced (with rollout workers)
 
 
 class PPOTrainer:
     """The PPO update over one rollout; knows nothing about environments."""
 
-    def __init__(self, model: ActorCritic, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 reference: ActorCritic | None = None) -> None:
+    def __init__(self, model: RecurrentPolicy, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 reference: RecurrentPolicy | None = None) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.reference = reference
         if reference is not None:
@@ -159,11 +162,14 @@ class PPOTrainer:
 
 # ----------------------------------------------------------------------------------------------- environments
 class _EnvRunner:
-    """Steps ``num_envs`` environments in lockstep, remembering each episode's seed and actions for resume."""
+    """Steps ``num_envs`` environments in lockstep, remembering each episode's seed and actions for resume.
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], seed: int) -> None:
+    ``first_index``: the run-wide index of the first environment (a rollout worker owns a slice of them).
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], seed: int, first_index: int = 0) -> None:
         self.envs = [fn() for fn in env_fns]
-        self.seed = seed
+        self.seed, self.first_index = seed, first_index
         self.episode = [0] * len(self.envs)  # episode index per environment
         self.actions: list[list[int]] = [[] for _ in self.envs]  # actions so far in the current episode
         self.ep_return = np.zeros(len(self.envs))
@@ -174,7 +180,7 @@ class _EnvRunner:
 
     def episode_seed(self, i: int) -> int:
         """Seed of environment ``i``'s current episode: distinct per (run seed, env, episode)."""
-        ss = np.random.SeedSequence([self.seed, i, self.episode[i]])
+        ss = np.random.SeedSequence([self.seed, self.first_index + i, self.episode[i]])
         return int(ss.generate_state(1)[0])
 
     def reset(self, i: int) -> np.ndarray:
@@ -238,7 +244,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
           resume: bool = False, demonstrator: Demonstrator | None = None, metadata: dict[str, Any] | None = None,
           info_keys: Sequence[str] = (), stop_after_updates: int | None = None,
           progress: Callable[[int, int, dict[str, float]], None] | None = None,
-          validate: Callable[[Path], float] | None = None) -> TrainResult:
+          validate: Callable[[Path], float] | None = None,
+          rollout_workers: RolloutWorkers | None = None) -> TrainResult:
     """Train a recurrent actor-critic with PPO on ``len(env_fns)`` lockstep environments.
 
     Args:
@@ -253,6 +260,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         progress: called after every update with (update, total_updates, scalars).
         validate: scores a checkpoint file (higher = better) after behaviour cloning and every
             ``checkpoints.validation_interval`` updates; the best one is copied to ``out_dir/best.pt``.
+        rollout_workers: collect the PPO rollouts with Ray actors (:mod:`rlserve.rl.rollout_workers`); statistics
+            stabilisation and behaviour cloning stay in this process. ``None``: everything in this process.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
@@ -274,15 +283,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
     action_dim = int(runner.envs[0].action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng(cfg.seed)  # minibatch order and stabilisation actions
     torch.manual_seed(cfg.seed)
-    obs_norm = RunningNormalizer(obs_dim, clip=cfg.state.norm_clip, eps=cfg.state.norm_eps)
+    layout = getattr(runner.envs[0].unwrapped, "replica_set_layout", None)
+    obs_norm = build_normalizer(cfg, obs_dim, layout)
     ret_scaler = ReturnScaler(p.num_envs, gamma=p.gamma)
     temp_ctl = TemperatureController(
         cfg.temperature.base_temperature, cfg.temperature.min_temperature, cfg.temperature.max_temperature,
         cfg.temperature.qps_sensitivity, cfg.temperature.latency_sensitivity, cfg.temperature.balance_sensitivity,
         cfg.temperature.smoothing)
-    model = _build_model(cfg, obs_dim, action_dim)
+    model = build_model(cfg, obs_dim, action_dim, layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, eps=p.adam_eps)
-    reference: ActorCritic | None = None
+    reference: RecurrentPolicy | None = None
     update, env_steps, wall_before = 0, 0, 0.0
     bc_stats: dict[str, float] = {}
     best_score = -float("inf")
@@ -294,7 +304,7 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         model.load_state_dict(data["model"])
         optimizer.load_state_dict(data["optimizer"])
         if data["reference"] is not None:
-            reference = _build_model(cfg, obs_dim, action_dim)
+            reference = build_model(cfg, obs_dim, action_dim, layout)
             reference.load_state_dict(data["reference"])
         obs_norm.load_state_dict(data["obs_normalizer"])
         ret_scaler.load_state_dict(data["return_scaler"])
@@ -338,6 +348,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
                            p.gamma, p.gae_lambda)
     history: list[dict[str, float]] = []
     last = stop_after_updates if stop_after_updates is not None else cfg.total_updates
+    pool = None if rollout_workers is None else RolloutPool(rollout_workers, cfg, env_fns, obs_dim, action_dim,
+                                                            info_keys)
     ppo_steps, ppo_wall = 0, 0.0
     while update < min(last, cfg.total_updates):
         t_iter = time.perf_counter()
@@ -347,12 +359,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         # rollout
         buffer.reset()
         model.eval()
-        with torch.no_grad():
-            for _ in range(p.num_steps):
-                obs_raw, hxs, masks = _step_envs(cfg, runner, model, buffer, obs_raw, hxs, masks, obs_norm,
-                                                 ret_scaler, temp_ctl, logger, info_keys)
-            obs_t = torch.as_tensor(obs_norm.normalize(obs_raw))
-            _, _, last_values, _, _ = model.act_value(obs_t, hxs, masks)
+        if pool is not None:
+            last_values, hxs, masks = pool.collect(runner, model, obs_norm, ret_scaler, buffer, hxs, masks, update,
+                                                   logger)
+        else:
+            with torch.no_grad():
+                for _ in range(p.num_steps):
+                    obs_raw, hxs, masks = _step_envs(cfg, runner, model, buffer, obs_raw, hxs, masks, obs_norm,
+                                                     ret_scaler, temp_ctl, logger, info_keys)
+                obs_t = torch.as_tensor(obs_norm.normalize(obs_raw))
+                _, _, last_values, _, _ = model.act_value(obs_t, hxs, masks)
         buffer.compute_gae(last_values)
         # learn
         model.train()
@@ -387,11 +403,14 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
             progress(update, cfg.total_updates, scalars)
     logger.close()
     runner.close()
+    if pool is not None:
+        pool.close()
     wall = time.perf_counter() - t_start
     best_path = ck_path.with_name("best.pt") if ck_path is not None else None
     return TrainResult(ck_path if ck_path is not None and ck_path.exists() else None, update, env_steps,
                        wall_before + wall, ppo_steps / ppo_wall if ppo_wall else float("nan"), history, bc_stats,
-                       model, best_path if best_path is not None and best_path.exists() else None, best_score)
+                       model, best_path if best_path is not None and best_path.exists() else None, best_score,
+                       pool.replacements if pool is not None else 0)
 
 
 def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: float, logger: Logger,
@@ -414,13 +433,38 @@ def _validate(validate: Callable[[Path], float], ck_path: Path, best_score: floa
     return best_score
 
 
-def _build_model(cfg: TrainConfig, obs_dim: int, action_dim: int) -> ActorCritic:
+def build_model(cfg: TrainConfig, obs_dim: int, action_dim: int,
+                layout: dict[str, Any] | None = None) -> RecurrentPolicy:
+    """The network ``cfg.network`` describes; ``layout``: the environment's ``replica_set_layout`` (global and
+    replica widths, slots, replica feature names), required by the replica-set architecture."""
     n = cfg.network
+    if n.architecture == "replica_set":
+        if layout is None:
+            raise ConfigError("network.architecture 'replica_set' needs an environment with a replica-set "
+                              "observation layout (the routing environment); use 'flat' for flat observations")
+        names = list(layout["replica_features"])
+        if n.prior_feature is not None and n.prior_feature not in names:
+            raise ConfigError(f"network.prior_feature {n.prior_feature!r} is not a replica feature of this state "
+                              f"layout; known: {names}")
+        return ReplicaSetActorCritic(
+            int(layout["global_dim"]), int(layout["replica_dim"]), int(layout["slots"]), hidden_size=n.hidden_size,
+            proj_dim=n.proj_dim, layer_n=n.layer_n, gru_layers=n.gru_layers,
+            prior_feature=None if n.prior_feature is None else names.index(n.prior_feature),
+            prior_scale=n.prior_scale, zero_init_head=n.zero_init_head)
     return ActorCritic(obs_dim, action_dim, hidden_size=n.hidden_size, proj_dim=n.proj_dim, layer_n=n.layer_n,
                        gru_layers=n.gru_layers, bounded_logits=n.bounded_logits, logit_scale=n.logit_scale)
 
 
-def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: RunningNormalizer,
+def build_normalizer(cfg: TrainConfig, obs_dim: int,
+                     layout: dict[str, Any] | None = None) -> ObsNormalizer:
+    """The observation normaliser of the architecture: per position (flat) or shared by every replica."""
+    s = cfg.state
+    if cfg.network.architecture == "replica_set" and layout is not None:
+        return ReplicaSetNormalizer(int(layout["global_dim"]), int(layout["replica_dim"]), s.norm_clip, s.norm_eps)
+    return RunningNormalizer(obs_dim, clip=s.norm_clip, eps=s.norm_eps)
+
+
+def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, demonstrator: Demonstrator | None,
                rng: np.random.Generator) -> tuple[np.ndarray, Demonstrations | None]:
     """Drive the environments with the demonstrator's behaviour (or at random), fitting only the normalisers.
@@ -457,8 +501,8 @@ def _stabilise(cfg: TrainConfig, runner: _EnvRunner, obs_raw: np.ndarray, obs_no
     return obs_raw, demos
 
 
-def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: ActorCritic, buffer: RolloutBuffer,
-               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: RunningNormalizer,
+def _step_envs(cfg: TrainConfig, runner: _EnvRunner, model: RecurrentPolicy, buffer: RolloutBuffer,
+               obs_raw: np.ndarray, hxs: torch.Tensor, masks: torch.Tensor, obs_norm: ObsNormalizer,
                ret_scaler: ReturnScaler, temp_ctl: TemperatureController, logger: Logger,
                info_keys: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """One lockstep step of every environment, stored in ``buffer``; returns the next obs, hidden state, masks."""
@@ -524,8 +568,9 @@ def check_compatible(data: dict[str, Any], obs_dim: int, action_dim: int) -> Non
                          "state config and cluster size, or train a new checkpoint")
 
 
-def _checkpoint_payload(cfg: TrainConfig, model: ActorCritic, optimizer: torch.optim.Optimizer,
-                        reference: ActorCritic | None, obs_norm: RunningNormalizer, ret_scaler: ReturnScaler,
+def _checkpoint_payload(cfg: TrainConfig, model: RecurrentPolicy, optimizer: torch.optim.Optimizer,
+                        reference: RecurrentPolicy | None, obs_norm: ObsNormalizer,
+                        ret_scaler: ReturnScaler,
                         temp_ctl: TemperatureController, rng: np.random.Generator, update: int, env_steps: int,
                         wall_s: float, runner: _EnvRunner, hxs: torch.Tensor, masks: torch.Tensor, obs_dim: int,
                         action_dim: int, metadata: dict[str, Any] | None, bc_stats: dict[str, float],
