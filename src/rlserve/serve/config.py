@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from yarl import URL
 
 from rlserve.errors import ConfigError, InputError
 
@@ -97,6 +98,12 @@ class ReplicaSpec:
         _positive("prefill_tokens_per_s", self.prefill_tokens_per_s)
         _positive("sm_clock_mhz", self.sm_clock_mhz, allow_zero=True)
 
+    @property
+    def public_url(self) -> str:
+        """``url`` without credentials or query (``http://user:key@host/?token=..`` -> ``http://host``): the form
+        that may appear in /metrics labels, admin answers and logs."""
+        return public_url(self.url)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReplicaSpec:
         """Build from a mapping (YAML); unknown keys are an error that lists the known ones."""
@@ -107,6 +114,11 @@ class ReplicaSpec:
         if "url" not in d:
             raise ConfigError("every replica needs a 'url'")
         return cls(**d)
+
+
+def public_url(url: str) -> str:
+    """``url`` with any user, password and query removed (they may hold credentials)."""
+    return str(URL(url).with_user(None).with_query(None))
 
 
 def replica_spec_from_sim(url: str, replica: ReplicaConfig, **overrides: Any) -> ReplicaSpec:
@@ -165,6 +177,14 @@ class ProxyConfig:
     connect_timeout_s: float = 3.0
     upstream_idle_timeout_s: float = 600.0
     """Longest silence from a replica while reading its response; then the attempt counts as failed."""
+    first_byte_timeout_s: float = 60.0
+    """Longest wait for a replica's first byte after the request was sent: a streamed answer's first event, or a
+    non-streamed answer's response (which vLLM sends only when generation ends, so long non-streamed generations
+    need a larger value). A replica that misses it is taken out of rotation until a probe completion succeeds
+    on it, and the request is retried on another replica (up to ``max_attempts``)."""
+    client_timeout_s: float = 30.0
+    """Longest a client may take to send a request's head (then the connection is closed) or its body (then HTTP
+    408); also how long an idle keep-alive connection from a client stays open."""
     health_interval_s: float = 1.0
     """Period of the GET /health probe of every replica."""
     health_timeout_s: float = 2.0
@@ -193,8 +213,8 @@ class ProxyConfig:
         _positive_int("max_queue_per_replica", self.max_queue_per_replica)
         _positive_int("max_attempts", self.max_attempts)
         _positive_int("default_max_tokens", self.default_max_tokens)
-        for name in ("queue_timeout_s", "connect_timeout_s", "upstream_idle_timeout_s", "health_interval_s",
-                     "health_timeout_s", "chars_per_token"):
+        for name in ("queue_timeout_s", "connect_timeout_s", "upstream_idle_timeout_s", "first_byte_timeout_s",
+                     "client_timeout_s", "health_interval_s", "health_timeout_s", "chars_per_token"):
             _positive(name, getattr(self, name))
         _positive("metrics_interval_s", self.metrics_interval_s, allow_zero=True)
         if isinstance(self.queue_k, bool) or not isinstance(self.queue_k, int) or self.queue_k < 0:
