@@ -37,20 +37,26 @@ def _progress() -> Progress:
 @train_app.command("energy")
 def train_energy_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints, logs, TensorBoard.")],
-    config: ConfigOpt = "energy",
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="Training config: a name in configs/train (energy) or a path to a YAML file "
+        "(default: energy; with --resume, the config stored in the checkpoint).")] = None,
     scenario: ScenariosOpt = None,
     total_steps: Annotated[int | None, typer.Option(help="Override dqn.total_steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override dqn.seed.")] = None,
     block_size: Annotated[int | None, typer.Option(help="Train for one KV block size (the sweep scheme).")] = None,
     reward: Annotated[str | None, typer.Option(help="Override env.reward (energy_per_token, greendls).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    override_config: Annotated[bool, typer.Option(help="With --resume: train on with values that differ from the "
+                                                  "checkpoint's config (else an error).")] = False,
 ) -> None:
     """Train the dueling double-DQN energy controller in the simulator."""
     import dataclasses
 
-    from rlserve.envs.energy_train import load_train_config, train_energy
+    from rlserve.envs.energy_train import RUN_FILES, load_train_config, stored_train_config, train_energy
+    from rlserve.outputs import check_output_dir
 
-    cfg = load_train_config(config)
+    check_output_dir(out, resume=resume, run_files=RUN_FILES)
+    cfg = stored_train_config(out) if resume and config is None else load_train_config(config or "energy")
     env_changes: dict[str, Any] = {}
     if scenario:
         env_changes["scenarios"] = tuple(scenario)
@@ -72,7 +78,8 @@ def train_energy_cmd(
                 f"episode {i + 1}: {m.get('energy_per_output_token_j', float('nan')):.3f} J/out-token, "
                 f"miss {m.get('slo_miss_rate', float('nan')):.3f}"))
 
-        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode)
+        result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode,
+                              allow_config_change=override_config)
     console.print(f"trained {result.steps} steps in {result.episodes} episodes ({result.wall_s:.0f} s); "
                   f"policy: {Path(out) / 'policy.pt'}")
 
@@ -288,7 +295,9 @@ def sweep_cmd(
                 env = dataclasses.replace(cfg.env, scenarios=(name,), block_sizes=(bs,))
                 dqn = dataclasses.replace(cfg.dqn, total_steps=total_steps or cfg.dqn.total_steps)
                 console.print(f"training {base.name} with block size {bs} -> {run_dir}")
-                train_energy(dataclasses.replace(cfg, env=env, dqn=dqn), run_dir)
+                # a run killed before its policy was chosen continues from its checkpoint
+                train_energy(dataclasses.replace(cfg, env=env, dqn=dqn), run_dir,
+                             resume=(run_dir / "checkpoint.pt").is_file())
             space = _action_space(policy, config, [name])
             res = evaluate_controllers([f"dqn:{policy}"], with_block_size(base, bs), range(seeds), action_space=space)
             per_size[bs] = next(iter(res.values()))

@@ -19,6 +19,7 @@ from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_router
 from rlserve.metrics import RequestRecords, Summary
+from rlserve.outputs import check_output_file
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
 
@@ -30,7 +31,10 @@ def train_router_cmd(
         "--scenario", "-s", help="Scenario(s) sampled per episode: built-in names, YAML paths, or 'randomized' "
         "(default: the config's env.scenarios).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config YAML.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit (with the config stored "
+                                         "in it unless --config is given).")] = False,
+    override_config: Annotated[bool, typer.Option(help="With --resume: train on with values that differ from the "
+                                                  "checkpoint's config (else an error).")] = False,
     updates: Annotated[int | None, typer.Option(help="Override total_updates.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the best (validated) policy here as a small "
@@ -38,8 +42,13 @@ def train_router_cmd(
 ) -> None:
     """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
     from rlserve.envs.router_training import train_router
+    from rlserve.outputs import check_output_dir
     from rlserve.rl.config import load_config
-    from rlserve.rl.ppo import export_for_inference
+    from rlserve.rl.ppo import CHECKPOINT_KIND, export_for_inference
+
+    check_output_dir(out, resume=resume, run_files=("checkpoint.pt",))
+    if export is not None:
+        check_output_file(export, "--export")
 
     overrides: dict[str, object] = {}
     if scenario:
@@ -48,7 +57,15 @@ def train_router_cmd(
         overrides["total_updates"] = updates
     if seed is not None:
         overrides["seed"] = seed
-    cfg = load_config(config, overrides)
+    if resume and config is None:  # the checkpoint's config is the source of truth
+        from rlserve.rl.checkpoints import load_checkpoint
+
+        stored = load_checkpoint(out / "checkpoint.pt", kind=CHECKPOINT_KIND)["config"]
+        for key, value in overrides.items():
+            stored[key] = {**stored[key], **value} if isinstance(value, dict) else value
+        cfg = load_config(overrides=stored)
+    else:
+        cfg = load_config(config, overrides)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console) as progress:
         task = progress.add_task("PPO updates", total=cfg.total_updates, stats="stabilising + cloning...")
@@ -59,7 +76,7 @@ def train_router_cmd(
                      f"{s['time/decisions_per_s']:.0f} decisions/s")
             progress.update(task, completed=update, stats=stats)
 
-        result = train_router(cfg, out, resume=resume, progress=report)
+        result = train_router(cfg, out, resume=resume, progress=report, allow_config_change=override_config)
     if result.bc_stats:
         console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
     console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "

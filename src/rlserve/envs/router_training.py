@@ -105,10 +105,12 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
 
 def train_router(cfg: TrainConfig, out_dir: str | Path | None, *, resume: bool = False,
                  stop_after_updates: int | None = None,
-                 progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
+                 progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                 allow_config_change: bool = False) -> TrainResult:
     """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``."""
     env_fns = [functools.partial(make_env, cfg) for _ in range(cfg.ppo.num_envs)]
     validate = router_validator(cfg) if cfg.checkpoints.validation_interval > 0 else None
     return train(cfg, env_fns, out_dir=out_dir, resume=resume, demonstrator=router_demonstrator(cfg.warm_start),
                  metadata=router_metadata(cfg), info_keys=RoutingEnv.info_keys(cfg.reward),
-                 stop_after_updates=stop_after_updates, progress=progress, validate=validate)
+                 stop_after_updates=stop_after_updates, progress=progress, validate=validate,
+                 allow_config_change=allow_config_change)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rlserve.envs.router_state import StateBuilder
-from rlserve.errors import ConfigError
+from rlserve.errors import BackendError, ConfigError
 from rlserve.rl.actor_critic import ActorCritic
 from rlserve.rl.actor_inference import CompiledActor
 from rlserve.rl.checkpoints import load_checkpoint
@@ -91,8 +91,12 @@ class PPORouter:
                           f"give the world queue_k={self.queue_k}", stacklevel=2)
             self._warned_queue = True
         logits, self._hidden = self.actor.step(self.state_builder.build(snapshot, request), self._hidden)
+        best = int(logits.argmax())  # argmax returns a NaN's or +inf's index when there is one: one check suffices
+        if not logits[best] - logits[best] == 0:
+            raise BackendError(f"the PPO policy produced non-finite logits {logits.tolist()} for this snapshot (a "
+                               "corrupt checkpoint or observation); no replica chosen")
         if self.temperature is None:
-            return int(logits.argmax())
+            return best
         z = logits.astype(np.float64) / self.temperature
         p = np.exp(z - z.max())
         return int(self._rng.choice(len(p), p=p / p.sum()))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rlserve.metrics import RequestRecords, Summary
+from rlserve.outputs import write_text_atomic
 
 
 def _json_safe(x: Any) -> Any:
@@ -26,8 +27,8 @@ def _json_safe(x: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented strict JSON (NaN -> null)."""
-    Path(path).write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    """Write ``obj`` as indented strict JSON (NaN -> null), atomically (a reader never sees half a file)."""
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def latency_cdf_plot(records_by_label: dict[str, RequestRecords], path: str | Path) -> None:

@@ -1,0 +1,77 @@
+"""Output files that are checked before the work and written whole: no finished run's numbers are ever lost.
+
+Two habits every verb that writes results follows:
+
+- :func:`check_output_file` runs *before* the work starts, so a path that can never be written (it is a directory,
+  its parent is a file, the directory is not writable) is an error in the first second, not after an hour of
+  simulation or training;
+- :func:`write_text_atomic` writes to a temporary file beside the target and renames it over the target, so a
+  reader (or a crash) never sees half a file, and an existing result is replaced only by a complete new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rlserve.errors import ConfigError
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Check that ``path`` can be written as a file (its directory is created if missing); returns it.
+
+    Raises:
+        ConfigError: ``path`` is a directory, a parent is a file, or the directory is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file path")
+    parent = path.parent
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{flag} {path}: {p} is a file, not a directory")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create {parent} ({exc.strerror or exc})") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: directory {parent} is not writable")
+    return path
+
+
+def check_output_dir(out: Path, *, resume: bool, run_files: tuple[str, ...]) -> None:
+    """Refuse to start a new training run where one exists (or where a file stands), before any work is done.
+
+    Raises:
+        ConfigError: a clear one-line reason and what to do.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    if resume:
+        if not (out / run_files[0]).is_file():
+            raise ConfigError(f"cannot resume: no checkpoint at {out / run_files[0]}; train without --resume first")
+        return
+    existing = [name for name in run_files if (out / name).exists()]
+    if existing:
+        raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); pass --resume to continue "
+                          "it or choose another --out")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
