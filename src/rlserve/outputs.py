@@ -19,27 +19,52 @@ from rlserve.errors import ConfigError
 
 
 def check_output_file(path: str | Path, flag: str) -> Path:
-    """Check that ``path`` can be written as a file (its directory is created if missing); returns it.
+    """Check that ``path`` can be written as a file once the work is done (nothing is created now); returns it.
 
     Raises:
-        ConfigError: ``path`` is a directory, a parent is a file, or the directory is not writable.
+        ConfigError: ``path`` is a directory, a parent is a file, or the nearest existing directory is not
+            writable.
     """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a directory; give a file path")
-    parent = path.parent
-    for p in (parent, *parent.parents):
+    check_output_directory(path.parent, flag)
+    return path
+
+
+def check_output_directory(path: str | Path, flag: str) -> Path:
+    """Check that ``path`` is, or can be made, a writable directory for results; returns it (not created).
+
+    Raises:
+        ConfigError: ``path`` or a parent is a file, or the nearest existing directory is not writable.
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 raise ConfigError(f"{flag} {path}: {p} is a file, not a directory")
+            if not os.access(p, os.W_OK):
+                raise ConfigError(f"{flag} {path}: {p} is not writable")
             break
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create {parent} ({exc.strerror or exc})") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: directory {parent} is not writable")
     return path
+
+
+def parse_int_list(text: str, flag: str, *, minimum: int = 0) -> list[int]:
+    """``"16,32,64"`` -> ``[16, 32, 64]``; anything else is a one-line error naming the flag.
+
+    Raises:
+        ConfigError: an item is not an integer >= ``minimum``, the list is empty, or it repeats a value.
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise ConfigError(f"{flag} needs integers >= {minimum}, got {text!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{flag} lists a value twice: {text!r}")
+    return values
 
 
 def check_output_dir(out: Path, *, resume: bool, run_files: tuple[str, ...]) -> None:

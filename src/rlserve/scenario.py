@@ -87,8 +87,10 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise ConfigError(f"scenario file {path} does not exist")
     try:
         doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read scenario file {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return scenario_from_dict(doc, where=str(path), base_dir=path.parent, default_name=path.stem)
 
 
@@ -100,6 +102,9 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     unknown = set(doc) - _KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    for key in ("name", "description"):  # checked first: a YAML alias bomb here must not be expanded into text
+        if key in doc and not isinstance(doc[key], str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got a {type(doc[key]).__name__}")
     for key in ("cluster", "workload"):
         if not isinstance(doc.get(key), dict):
             raise ConfigError(f"{where}: missing or invalid '{key}' section (a mapping)")
@@ -112,5 +117,5 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     except TypeError as exc:
         raise ConfigError(f"{where}: cluster: {exc}") from exc
     workload = WorkloadConfig.from_dict(doc["workload"], where=f"{where}: workload", base_dir=Path(base_dir))
-    return Scenario(name=str(doc.get("name", default_name)), description=str(doc.get("description", "")),
+    return Scenario(name=doc.get("name", default_name), description=doc.get("description", ""),
                     cluster=cluster, workload=workload, slo=slo)

@@ -77,8 +77,8 @@ def describe(exc: ValidationError, cls: Any, source: str) -> str:
     got = got if len(got) <= 60 else got[:57] + "..."
     if err["type"] in ("missing", "missing_argument"):
         return f"{source}: {path}: required key is missing{more}"
-    if err["type"] == "value_error":  # a cross-field rule: its message already says what is allowed
-        return f"{source}: {path}: {msg}{more}"
+    if err["type"] == "value_error":  # a rule of the class itself: its message already says what is allowed
+        return f"{source}: {msg}{more}" if not loc else f"{source}: {path}: {msg}{more}"
     return f"{source}: {path}: {msg[0].lower() + msg[1:]}, got {got}{more}"
 
 

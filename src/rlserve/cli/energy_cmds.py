@@ -14,6 +14,7 @@ from rich.table import Table
 
 from rlserve.cli.app import app, console, evaluate_app, train_app
 from rlserve.errors import ConfigError
+from rlserve.outputs import check_output_directory, check_output_file, parse_int_list
 
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
 app.add_typer(energy_app, name="energy")
@@ -52,7 +53,13 @@ def train_energy_cmd(
     """Train the dueling double-DQN energy controller in the simulator."""
     import dataclasses
 
-    from rlserve.envs.energy_train import RUN_FILES, load_train_config, stored_train_config, train_energy
+    from rlserve.envs.energy_train import (
+        RUN_FILES,
+        EnergyTrainConfig,
+        load_train_config,
+        stored_train_config,
+        train_energy,
+    )
     from rlserve.outputs import check_output_dir
 
     check_output_dir(out, resume=resume, run_files=RUN_FILES)
@@ -69,6 +76,7 @@ def train_energy_cmd(
         cfg.dqn.total_steps = total_steps
     if seed is not None:
         cfg.dqn.seed = seed
+    cfg = EnergyTrainConfig.from_dict(cfg.to_dict(), "the config with the command line's values")  # re-validated
     with _progress() as progress:
         task = progress.add_task("training (decisions)", total=cfg.dqn.total_steps)
 
@@ -110,6 +118,14 @@ def evaluate_energy_cmd(
     )
     from rlserve.report.run_output import write_json
 
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1 (statistics over no runs are nan ± nan)")
+    if grid and grid_seeds < 1:
+        raise ConfigError("--grid-seeds must be >= 1 (or pass --no-grid)")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    if plots is not None:
+        check_output_directory(plots, "--plots")
     space = _action_space(checkpoint, config, scenario)
     interval_s = _interval_s(interval_s, checkpoint)
     names = scenario or ["energy_steady", "energy_diurnal", "energy_bursty"]
@@ -226,7 +242,7 @@ def run_cmd(
 
     if (controller is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --controller NAME or --checkpoint policy.pt")
-    ids = [int(g) for g in gpu_ids.split(",") if g.strip()]
+    ids = parse_int_list(gpu_ids, "--gpu-ids")
     scn = _scenario(scenario)
     space = _action_space(checkpoint, config, [scenario])
     if checkpoint is None and str(controller).split(":")[0] == "dqn":  # dqn (the shipped one) or dqn:PATH
@@ -282,7 +298,12 @@ def sweep_cmd(
     from rlserve.envs.energy_train import load_train_config, train_energy
     from rlserve.report.run_output import write_json
 
-    sizes = [int(b) for b in block_sizes.split(",") if b.strip()]
+    sizes = parse_int_list(block_sizes, "--block-sizes", minimum=1)
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    check_output_directory(out, "--out")
     cfg = load_train_config(config)
     report: dict[str, Any] = {}
     for name in scenario or list(cfg.env.scenarios):

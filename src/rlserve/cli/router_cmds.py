@@ -19,7 +19,7 @@ from rlserve.cli.sim_cmds import _fmt, _progress
 from rlserve.errors import ConfigError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, prepare_scenario, run_router
 from rlserve.metrics import RequestRecords, Summary
-from rlserve.outputs import check_output_file
+from rlserve.outputs import check_output_directory, check_output_file
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
 
@@ -104,6 +104,10 @@ def evaluate_router_cmd(
     """PPO router vs every heuristic on the same seeds: mean ± 95% CI of latency, throughput, SLO attainment."""
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    if plots is not None:
+        check_output_directory(plots, "--plots")
     ppo = f"ppo:{checkpoint}" if checkpoint is not None else "ppo"
     scn = prepare_scenario(scenario, num_requests)
     routers = [ppo, *HEURISTICS]

@@ -14,6 +14,7 @@ from rlserve.cli.app import app, console
 from rlserve.errors import ConfigError, RlserveError
 from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, compare_routers, prepare_scenario, run_router
 from rlserve.metrics import Summary
+from rlserve.outputs import check_output_directory, check_output_file
 from rlserve.scenario import list_scenarios
 from rlserve.sim import BATCHING_MODES
 
@@ -58,6 +59,8 @@ def simulate(
                                                 "and latency_cdf.png here.")] = None,
 ) -> None:
     """Simulate one scenario with one router and print its summary."""
+    if output is not None:
+        check_output_directory(output, "--output")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     t0 = time.perf_counter()
     with _progress() as progress:
@@ -92,6 +95,9 @@ def parse_router_list(routers: str) -> list[str]:
     names = [r.strip() for r in routers.split(",") if r.strip()]
     if not names:
         raise ConfigError("--routers needs at least one router name (or 'all')")
+    repeated = sorted({r for r in names if names.count(r) > 1})
+    if repeated:  # a router listed twice would count its runs twice and shrink its confidence interval
+        raise ConfigError(f"--routers lists {', '.join(repeated)} more than once")
     return names
 
 
@@ -108,6 +114,8 @@ def compare(
     """Compare routers on one scenario over several seeds: mean and 95% CI per metric."""
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     names = parse_router_list(routers)
     with _progress() as progress:

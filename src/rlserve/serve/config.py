@@ -41,6 +41,7 @@ import yaml
 from yarl import URL
 
 from rlserve.errors import ConfigError, InputError
+from rlserve.validation import parse_config
 
 if TYPE_CHECKING:
     from rlserve.sim.config import ReplicaConfig
@@ -141,15 +142,13 @@ def load_replicas_file(path: str | Path) -> tuple[ReplicaSpec, ...]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read replicas file {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = str(exc).replace("\n", " ")
+        raise InputError(f"cannot read replicas file {path}: {why}") from None
     items = data.get("replicas") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items or not all(isinstance(x, dict) for x in items):
         raise InputError(f"{path}: expected a top-level 'replicas:' list of mappings, each with a 'url'")
-    try:
-        return tuple(ReplicaSpec.from_dict(x) for x in items)
-    except ConfigError as exc:
-        raise InputError(f"{path}: {exc}") from exc
+    return tuple(parse_config(ReplicaSpec, x, f"{path}: replicas[{i}]") for i, x in enumerate(items))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from rlserve.errors import ConfigError
+from rlserve.validation import parse_config
 
 Batching = Literal["chunked", "prefill_priority"]
 BATCHING_MODES: tuple[str, ...] = ("chunked", "prefill_priority")
@@ -95,9 +96,10 @@ class ClusterConfig:
                 raise ConfigError(f"{where}.replicas[{i}] must be a mapping")
             group = dict(group)
             count = group.pop("count", 1)
-            if not isinstance(count, int) or count < 1:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"{where}.replicas[{i}].count must be a positive integer")
-            cfg = ReplicaConfig(**{**defaults, **_replica_kwargs(group, f"{where}.replicas[{i}]")})
+            cfg = parse_config(ReplicaConfig, {**defaults, **_replica_kwargs(group, f"{where}.replicas[{i}]")},
+                               f"{where}.replicas[{i}]")
             replicas.extend([cfg] * count)
         return cls(tuple(replicas))
 
