@@ -67,8 +67,9 @@ def load_checkpoint(path: str | Path, *, kind: str) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for corrupt/foreign files
-        raise InputError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                         "is it a file written by rlserve?") from exc
+        why = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's messages run to many lines
+        raise InputError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {why}); "
+                         "is it a file written by rlserve?") from None
     if not isinstance(data, dict) or "kind" not in data:
         raise InputError(f"checkpoint {path} is not an rlserve checkpoint (no 'kind' entry)")
     if data["kind"] != kind:
