@@ -1,4 +1,4 @@
-"""Every verb over the bad-input corpus (tests/cli/cli_corpus.py): exit code 2 with one ``error:`` line, no
+"""Every verb over the bad-input corpus (rlserve.testing.bad_inputs): exit code 2 with one ``error:`` line, no
 traceback, no hang, and nothing partially written."""
 
 from __future__ import annotations
@@ -6,18 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_corpus import CASES, GOOD_SCENARIO, classify, materialise, run_cli
+
+from rlserve.testing.bad_inputs import CASES, GOOD_SCENARIO, classify, damage, materialise, run_cli, snapshot
 
 
 @pytest.mark.parametrize(("name", "argv", "files"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_a_clear_error(tmp_path: Path, name: str, argv: list[str], files: dict) -> None:
     materialise(files, tmp_path)
-    before = {p: p.stat().st_size for p in tmp_path.rglob("*")}
+    before = snapshot(tmp_path)
     outcome = run_cli([a.replace("{d}", str(tmp_path)) for a in argv], timeout_s=60)
     assert classify(outcome) == "clear error", (outcome.code, outcome.exception, outcome.stderr[-2000:])
     assert outcome.wall_s < 30, "a bad input must be refused before the work, not after it"
-    created = [p for p in tmp_path.rglob("*") if p not in before and p.is_file()]
-    assert not created, f"files written for a refused command: {created}"
+    assert not damage(before, tmp_path)
 
 
 def test_the_corpus_scenario_itself_is_good(tmp_path: Path) -> None:

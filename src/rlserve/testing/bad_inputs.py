@@ -1,5 +1,7 @@
 """The bad-input corpus: what a careless or hostile user gives the CLI, and a runner that classifies the outcome.
 
+Used by the test suite (tests/cli/test_cli_bad_inputs.py) and by ``benchmarks/fault_matrix.py``.
+
 Each case is ``(name, argv, files)``: ``files`` maps names under the case's directory to their contents (``None``
 = a directory of that name), and ``{d}`` in ``argv`` is that directory. The contract for every case: exit code 2,
 one ``error:`` line, no traceback, within the time limit, and no output file left behind partially written.
@@ -200,3 +202,16 @@ def classify(outcome: Outcome) -> str:
     if outcome.code == 2 and (len(outcome.error_lines()) == 1 or "Error" in outcome.stderr):
         return "clear error"
     return "wrong result"
+
+
+def snapshot(root: Path) -> dict[Path, bytes | None]:
+    """Every path under ``root`` with its contents (``None`` for directories)."""
+    return {p: (None if p.is_dir() else p.read_bytes()) for p in root.rglob("*")}
+
+
+def damage(before: dict[Path, bytes | None], root: Path) -> list[str]:
+    """What a refused command did to ``root``: files changed or removed (data lost) and files it left behind."""
+    after = snapshot(root)
+    lost = [f"changed or removed: {p}" for p, content in before.items() if after.get(p, b"\0gone") != content]
+    left = [f"left behind: {p}" for p in after if p not in before and after[p] is not None]
+    return lost + left
