@@ -215,19 +215,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become healthy")
+
+
 @contextlib.contextmanager
-def _fake_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def _process(*argv: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fake replica (``fake``) or an ``rlserve serve`` proxy (``serve ...``) in its own process group."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rlserve.testing.fake_openai_server", "--port", str(port),
-                             "--inter-token-delay-s", "0.005"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    if argv[0] == "fake":
+        cmd = [sys.executable, "-m", "rlserve.testing.fake_openai_server", "--port", str(port), *argv[1:]]
+    else:
+        cmd = [sys.executable, "-m", "rlserve.cli.main", *argv, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
+        _wait_healthy(url, proc)
         yield url, proc
     finally:
         if proc.poll() is None:
@@ -278,24 +288,24 @@ async def _load(url: str, rate: float, duration_s: float, fault_at_s: float, fau
 
 
 def load_with_faults(rate: float, duration_s: float) -> dict[str, Counter[str]]:
+    """Each component in its own process as deployed (client here, ``rlserve serve``, replicas), except the replica
+    to be wedged, which lives in this process so that its completions can be switched to never answering while its
+    /health still answers (what a hung engine looks like)."""
     out: dict[str, Counter[str]] = {}
     patience_s = 10.0
-    with _fake_process() as (victim, proc), serve_in_thread(FakeServerConfig(inter_token_delay_s=0.005)) as other:
-        cfg = ProxyConfig(replicas=(ReplicaSpec(victim), ReplicaSpec(other.base_url)), router="round_robin", port=0,
-                          health_interval_s=0.2, metrics_interval_s=0.5, first_byte_timeout_s=1.0)
-        with proxy_in_thread(cfg) as proxy:
-            out["kill"] = asyncio.run(_load(proxy.url, rate, duration_s, duration_s / 3, lambda: proc.kill(),
-                                            patience_s))
-    with serve_in_thread(FakeServerConfig(inter_token_delay_s=0.005)) as a, \
-            serve_in_thread(FakeServerConfig(inter_token_delay_s=0.005)) as b:
-        cfg = ProxyConfig(replicas=(ReplicaSpec(a.base_url), ReplicaSpec(b.base_url)), router="round_robin", port=0,
-                          health_interval_s=0.2, metrics_interval_s=0.5, first_byte_timeout_s=1.0)
-        with proxy_in_thread(cfg) as proxy:
+    fake = ("fake", "--inter-token-delay-s", "0.005")
+    proxy_flags = ("--router", "round_robin", "--health-interval-s", "0.2", "--metrics-interval-s", "0.5",
+                   "--first-byte-timeout-s", "1")
+    with _process(*fake) as (victim, victim_proc), _process(*fake) as (survivor, _), \
+            _process("serve", "--replica", victim, "--replica", survivor, *proxy_flags) as (proxy, _):
+        out["kill"] = asyncio.run(_load(proxy, rate, duration_s, duration_s / 3, victim_proc.kill, patience_s))
+    with serve_in_thread(FakeServerConfig(inter_token_delay_s=0.005)) as wedged, _process(*fake) as (survivor, _), \
+            _process("serve", "--replica", wedged.base_url, "--replica", survivor, *proxy_flags) as (proxy, _):
 
-            def wedge() -> None:
-                a.config.completions_mode = "wedge"
+        def wedge() -> None:
+            wedged.config.completions_mode = "wedge"
 
-            out["wedge"] = asyncio.run(_load(proxy.url, rate, duration_s, duration_s / 3, wedge, patience_s))
+        out["wedge"] = asyncio.run(_load(proxy, rate, duration_s, duration_s / 3, wedge, patience_s))
     return out
 
 

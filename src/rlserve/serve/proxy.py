@@ -112,6 +112,7 @@ class RouterProxy:
         self._observe_decision = self.metrics.decision_s.observe
         self._urls: dict[tuple[int, str], URL] = {}  # (replica, path) -> parsed upstream URL
         self._router_error: str | None = None  # why the last routing decision failed (None: it succeeded)
+        self._progress_s = [-float("inf")] * len(self.books)  # monotonic time of each replica's last answer byte
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -388,7 +389,7 @@ class RouterProxy:
                                                         headers=self._upstream_headers(request))
             except _TRANSPORT_ERRORS as exc:
                 if limit.expired():
-                    self._stalled(book)
+                    self._missed_first_byte(book, exc)
                 self._attempt_failed(book, exc)
             async with upstream:
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -410,14 +411,25 @@ class RouterProxy:
         """``time.monotonic()`` instant as the event loop's clock (uvloop's clock may differ from monotonic)."""
         return asyncio.get_running_loop().time() + (monotonic_s - time.monotonic())
 
-    def _stalled(self, book: ReplicaBook) -> None:
-        """``book`` sent no first byte in time: held down until it serves (its /health may still answer)."""
+    def _missed_first_byte(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
+        """``book`` sent no first byte in time; the request goes elsewhere.
+
+        Wedged or merely slow? A replica that answered anything within the last ``first_byte_timeout_s`` is making
+        progress (an overloaded replica; holding it down would pile its load onto the others and could take the
+        whole cluster out), so only the request moves. One that answered nothing for that long is wedged: held
+        down until it serves again (its /health may still answer).
+        """
+        self.metrics.count_error("upstream_first_byte_timeout")
+        deadline = self.config.first_byte_timeout_s
+        if time.monotonic() - self._progress_s[book.index] < deadline:
+            raise _AttemptFailed(f"replica {book.index}: no first byte within {deadline:g} s (slow)") from exc
         if self._prober is not None:
             self._prober.hold_down(book.index)
-        self.metrics.count_error("upstream_first_byte_timeout")
+        self._attempt_failed(book, exc)
 
     def _served(self, book: ReplicaBook) -> None:
-        """``book`` answered in time: if it was held down for a missed first byte, it is up again."""
+        """``book`` answered in time: progress noted; if it was held down for a missed first byte, it is up again."""
+        self._progress_s[book.index] = time.monotonic()
         prober = self._prober
         if prober is not None and book.index in prober.held_down:
             prober.served(book.index)
@@ -453,7 +465,7 @@ class RouterProxy:
                 chunk = await content.readany()
         except _TRANSPORT_ERRORS as exc:
             if limit.expired():
-                self._stalled(book)
+                self._missed_first_byte(book, exc)
             self._attempt_failed(book, exc)
         if not chunk:
             self._attempt_failed(book, ConnectionError("the stream closed before its first byte"))
@@ -496,6 +508,7 @@ class RouterProxy:
             self.metrics.count_error("client_disconnected")
             return response
         book.complete(rid, tracked, self.now_s(), _final_stream_tokens(before_last + last, tracked))
+        self._progress_s[book.index] = time.monotonic()
         await _read_to_end(content, book)
         return response
 
