@@ -27,7 +27,7 @@ from rlserve.bench.metrics import METRIC_NAMES, BenchmarkMetrics, calculate_metr
 from rlserve.bench.request import REQUEST_FUNCS
 from rlserve.bench.runner import RunnerConfig, arrival_schedule, run_benchmark
 from rlserve.cli.app import app, console, err_console
-from rlserve.errors import ConfigError
+from rlserve.errors import BackendError, ConfigError
 from rlserve.telemetry.cpu import CpuMonitor
 from rlserve.telemetry.gpu import DEFAULT_GPU_INTERVAL_S, GpuMonitor, NullGpuMonitor, make_gpu_monitor
 from rlserve.telemetry.recorder import Recorder
@@ -202,6 +202,10 @@ def validate(result: Path = typer.Argument(..., help="Result JSON written by rls
 
 
 def _monitors(url: str, gpu_ids: list[str] | None, interval_s: float, cpu: bool) -> Recorder:
+    if not url.startswith(("http://", "https://")) or url.split("//", 1)[1] in ("", "/"):
+        raise ConfigError(f"--url must be a server's base URL such as http://127.0.0.1:8000, got {url!r}")
+    if not (interval_s > 0 and math.isfinite(interval_s)):
+        raise ConfigError(f"the scrape interval must be a finite number > 0, got {interval_s}")
     return Recorder(vllm=VllmMetricsMonitor(url, interval_s),
                     gpu=_gpu_monitor(_gpu_ids(gpu_ids), DEFAULT_GPU_INTERVAL_S),
                     cpu=CpuMonitor() if cpu else None)
@@ -270,6 +274,8 @@ def state(
     with rec:
         time.sleep(window_s)
         cur = rec.current()
+    if cur.get("vllm") is None:  # a state vector of nothing but defaults would look like a measurement
+        raise BackendError(f"no /metrics sample from {url} within {window_s:g} s; is the vLLM server up?")
     vec = build_energy_state(cur.get("gpu"), cur.get("cpu"), cur.get("vllm"))
     x, raw, measured = vec.normalized(), vec.values(), vec.measured
     names = StateVector.feature_names()

@@ -20,10 +20,11 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field
 
 from rlserve.envs.energy_reward import RewardFn, make_reward
 from rlserve.envs.energy_sim import ControlledServer
@@ -48,9 +49,9 @@ class EnergyEnvConfig:
     interval_s: float = 1.0
     max_episode_s: float = 900.0
     load_scale: tuple[float, float] = (1.0, 1.0)  # arrival-rate factor drawn uniformly per episode
-    block_sizes: tuple[int, ...] = ()  # empty: the scenario's; several: drawn per episode (conditional scheme)
-    caps: tuple[int, ...] = SEED_CAPS
-    num_clocks: int = DEFAULT_NUM_CLOCKS
+    block_sizes: tuple[Annotated[int, Field(ge=1)], ...] = ()  # empty: the scenario's; several: drawn per episode
+    caps: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = SEED_CAPS
+    num_clocks: Annotated[int, Field(ge=1)] = DEFAULT_NUM_CLOCKS
     lowest_clock_mhz: float | None = None
     reward: str = "energy_per_token"
     slo_target: float = 0.99  # attainment the cost in info["cost"] is measured against

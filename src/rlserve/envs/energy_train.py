@@ -97,10 +97,10 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
     torch.set_num_threads(1)
     out = Path(out_dir)
     check_output_dir(out, resume=resume, run_files=RUN_FILES)
+    env = EnergyEnv(config.env)  # before anything is written: a bad scenario or reward leaves no files behind
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # on resume the stored config.yaml stays (the checkpoint's config is the truth)
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    env = EnergyEnv(config.env)
     obs_dim = env.config.state.dim
     space = env.action_space_def
     factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if config.factored_advantage else None

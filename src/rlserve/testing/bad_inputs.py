@@ -111,6 +111,14 @@ CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
      {}),
     # telemetry
     ("monitor bad interval", ["monitor", "--url", "http://127.0.0.1:9", "--interval-s", "0"], {}),
+    ("monitor not a url", ["monitor", "--url", "not a url"], {}),
+    ("state of a dead server", ["state", "--url", "http://127.0.0.1:9", "--window-s", "0.3"], {}),
+    ("train energy zero block size", ["train", "energy", "-o", "{d}/run", "--block-size", "0"], {}),
+    ("train energy unknown scenario", ["train", "energy", "-o", "{d}/run", "--scenario", "nope"], {}),
+    ("train router unknown scenario", ["train", "router", "-o", "{d}/run", "--scenario", "nope"], {}),
+    ("simulate garbage ppo checkpoint", [*SIM, "-r", "ppo:{d}/p.pt"], {"p.pt": "garbage"}),
+    ("serve garbage ppo checkpoint", ["serve", "--replica", "http://127.0.0.1:9", "--router", "ppo:{d}/p.pt"],
+     {"p.pt": "garbage"}),
 ]
 
 
