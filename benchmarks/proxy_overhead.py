@@ -189,7 +189,7 @@ class DecisionTimer:
         for k in range(iterations):
             self.decisions += 1
             req = Request(id=self.decisions, arrival_s=1.0 + self.decisions * 1e-3,
-                          prompt_tokens=int(rng.integers(10, 2000)), output_tokens=int(rng.integers(10, 500)))
+                          prompt_tokens=int(rng.integers(10, 2000)), max_tokens=int(rng.integers(10, 500)))
             t0 = time.perf_counter()
             decide(req)
             times[k] = time.perf_counter() - t0

@@ -8,6 +8,8 @@ here prints: progress is reported through an optional ``rich.progress.Progress``
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from rich.progress import Progress
@@ -17,10 +19,12 @@ from rlserve.scenario import Scenario, load_scenario
 from rlserve.sim import ClusterSimulator, SimResult
 
 HEURISTICS = ("random", "round_robin", "least_outstanding", "join_shortest_queue", "least_kv", "power_of_two",
-              "least_expected_latency")
+              "least_expected_latency", "prefix_affinity", "llmd", "lmetric", "loadaware")
 """Every registered heuristic router, in the order tables show them."""
 
 COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("finished", lambda s: s.num_finished),
+    ("rejected", lambda s: (s.extra or {}).get("rejected", 0)),
     ("TTFT p50 ms", lambda s: s.ttft_s["p50"] * 1e3),
     ("TTFT p99 ms", lambda s: s.ttft_s["p99"] * 1e3),
     ("TPOT p99 ms", lambda s: s.tpot_s["p99"] * 1e3),
@@ -30,8 +34,56 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("SLO %", lambda s: s.slo_attainment * 100),
     ("J/tok", lambda s: s.energy_per_token_j),
     ("preempt", lambda s: s.preemptions_total),
+    ("prefix hit %", lambda s: (s.extra or {}).get("prefix_hit_rate", 0.0) * 100),
 )
 """(label, getter) pairs of the standard comparison columns; seconds are shown in ms where the label says so."""
+
+
+LOWER_IS_BETTER = ("TTFT p50 ms", "TTFT p99 ms", "TPOT p99 ms", "E2E mean s", "E2E p99 s", "J/tok", "preempt")
+HIGHER_IS_BETTER = ("finished", "tok/s", "SLO %")
+"""The columns a router is judged on, by direction (``rejected`` and ``prefix hit %`` are context, not goals)."""
+
+
+def best_per_metric(aggregated: dict[str, dict[str, dict[str, float]]],
+                    candidates: Sequence[str]) -> dict[str, str]:
+    """For every judged column, the candidate router with the best mean (ties: the first listed)."""
+    out = {}
+    present = [r for r in candidates if r in aggregated]
+    for col in (*LOWER_IS_BETTER, *HIGHER_IS_BETTER):
+        sign = 1.0 if col in LOWER_IS_BETTER else -1.0
+        values = [sign * aggregated[r][col]["mean"] for r in present]
+        out[col] = present[values.index(min(values))]
+    return out
+
+
+def gains_vs_best(ours: dict[str, dict[str, float]], aggregated: dict[str, dict[str, dict[str, float]]],
+                  best: dict[str, str]) -> dict[str, float]:
+    """Relative gain of ``ours`` over the best router of each column, positive = ours is better
+    (``1 - ours / best`` where lower is better, ``ours / best - 1`` where higher is better)."""
+    out = {}
+    for col, router in best.items():
+        theirs, mine = aggregated[router][col]["mean"], ours[col]["mean"]
+        if not theirs:
+            out[col] = 0.0 if not mine else (-math.inf if col in LOWER_IS_BETTER else math.inf)
+        else:
+            out[col] = 1.0 - mine / theirs if col in LOWER_IS_BETTER else mine / theirs - 1.0
+    return out
+
+
+def runnable_routers(scn: Scenario, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``names`` split into the routers that can route ``scn``'s cluster and, for the others, why not."""
+    from rlserve.errors import RlserveError
+    from rlserve.policies import make_router
+    from rlserve.policies.base import check_fits
+
+    ok, skipped = [], {}
+    for name in names:
+        try:
+            check_fits(make_router(name, seed=0), len(scn.cluster.replicas))
+            ok.append(name)
+        except RlserveError as exc:
+            skipped[name] = str(exc)
+    return ok, skipped
 
 
 def prepare_scenario(scenario: str, num_requests: int | None = None, qps: float | None = None,

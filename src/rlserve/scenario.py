@@ -47,8 +47,9 @@ class Scenario:
     slo: Slo
 
     def build_workload(self, seed: int) -> Workload:
-        """The scenario's requests for ``seed`` (deterministic)."""
-        return build_workload(self.workload, seed)
+        """The scenario's requests for ``seed`` (deterministic); declared ``max_tokens`` are capped by the
+        cluster's smallest ``max_model_len``."""
+        return build_workload(self.workload, seed, min(r.max_model_len for r in self.cluster.replicas))
 
     def with_num_requests(self, n: int) -> Scenario:
         """The same scenario with ``n`` requests."""

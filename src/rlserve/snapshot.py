@@ -25,6 +25,18 @@ must both use this value (the first sample initialises the average), or the same
 different observations in the two worlds."""
 
 
+def decode_tokens_left(max_tokens: int, generated_tokens: int) -> int:
+    """Output tokens a request may still produce as a proxy sees it: declared ``max_tokens`` minus the tokens
+    streamed so far, never below 0.
+
+    The one definition of "pending decode work" in both worlds: the proxy's bookkeeping and the simulator's
+    replicas both count ``ReplicaState.pending_decode_tokens`` and ``QueuedRequestView`` through it, so the
+    simulator never shows a policy the true output length. A request that finishes before ``max_tokens`` takes
+    what is left of its declared work with it (on stream end in the proxy, at completion in the simulator).
+    """
+    return max_tokens - generated_tokens if generated_tokens < max_tokens else 0
+
+
 @dataclass(slots=True)
 class QueuedRequestView:
     """One request waiting or running on a replica (the seed's per-request features)."""
@@ -33,7 +45,7 @@ class QueuedRequestView:
     prompt_tokens: int
     processed_tokens: int  # prompt tokens already prefilled + tokens generated
     remaining_prefill_tokens: int
-    output_tokens: int  # tokens to generate (simulator: exact; proxy: max_tokens)
+    max_tokens: int  # declared output size (both worlds; never the true length)
     generated_tokens: int
     priority: int = 0
 
@@ -54,7 +66,7 @@ class ReplicaState:
     concurrency_cap: int  # admission cap set by an energy controller (== max_num_seqs when uncapped)
     num_preemptions_total: int
     pending_prefill_tokens: int  # prompt tokens of waiting/running requests not yet prefilled
-    pending_decode_tokens: int  # output tokens still to generate for waiting/running requests
+    pending_decode_tokens: int  # sum of decode_tokens_left(max_tokens, generated) over waiting/running requests
     completed_total: int  # finished requests
     generated_tokens_total: int
     recent_ttft_s: float  # exponentially weighted TTFT of recently finished requests (0 before the first)
@@ -69,6 +81,9 @@ class ReplicaState:
     busy_s: float | None = None  # cumulative time the engine was executing iterations (utilisation = d busy / d t)
     healthy: bool = True
     queue: tuple[QueuedRequestView, ...] = ()  # oldest first, at most the builder's K (may be empty)
+    # prompt tokens of the request being routed that this replica is expected to have cached (its prefix index,
+    # the same one in both worlds: rlserve.prefix_index); 0 when nothing matches or no request is being routed
+    prefix_hit_tokens: int = 0
 
     @property
     def outstanding(self) -> int:

@@ -22,9 +22,15 @@ from rlserve.workload.request import Request
 RECORDED = json.loads(gzip.decompress((Path(__file__).parent / "data" / "router_snapshots.json.gz").read_bytes()))
 
 
+def _view(q: dict) -> QueuedRequestView:
+    """A recorded queue view; recorded before the field was named for what it holds (``output_tokens`` then)."""
+    q = dict(q)
+    q["max_tokens"] = q.pop("output_tokens", q.get("max_tokens"))
+    return QueuedRequestView(**q)
+
+
 def _snapshot(d: dict) -> tuple[ClusterSnapshot, Request | None]:
-    reps = tuple(ReplicaState(**{**r, "queue": tuple(QueuedRequestView(**q) for q in r["queue"])})
-                 for r in d["replicas"])
+    reps = tuple(ReplicaState(**{**r, "queue": tuple(_view(q) for q in r["queue"])}) for r in d["replicas"])
     request = None if d["request"] is None else Request(*d["request"])
     return ClusterSnapshot(d["time_s"], len(reps), reps, d["arrivals_total"]), request
 

@@ -22,7 +22,7 @@ def _book(**spec: object) -> ReplicaBook:
 
 def test_pending_tokens_follow_a_request_through_its_life() -> None:
     book = _book()
-    t = book.add(7, arrival_s=1.0, prompt_tokens=50, output_tokens=10)
+    t = book.add(7, arrival_s=1.0, prompt_tokens=50, max_tokens=10)
     s = book.state(1.0)
     assert (s.pending_prefill_tokens, s.pending_decode_tokens) == (50, 10)
     book.first_token(t, 1.5)
@@ -92,7 +92,7 @@ def test_every_state_field_is_filled_from_its_source() -> None:
     book = _book(max_num_seqs=8, block_size=16, kv_blocks_total=1000, decode_tokens_per_s=55.0,
                  prefill_tokens_per_s=7000.0, sm_clock_mhz=1410.0, num_stages=2)
     for i in range(11):
-        t = book.add(i, arrival_s=0.5 * i, prompt_tokens=100 + i, output_tokens=20 + i)
+        t = book.add(i, arrival_s=0.5 * i, prompt_tokens=100 + i, max_tokens=20 + i)
         if i < 3:
             book.first_token(t, 0.5 * i + 0.25)
             book.tokens(t, 4)
@@ -103,7 +103,7 @@ def test_every_state_field_is_filled_from_its_source() -> None:
     book.engine = VllmMetrics(kv_cache_usage=0.3, num_requests_running=6, num_requests_waiting=3,
                               num_preemptions_total=5, num_gpu_blocks=4000, block_size=32)
     book.healthy = False
-    s = book.state(6.0, queue_k=2)
+    s = book.state(6.0, queue_k=2, prefix_hit_tokens=48)
     oldest = next(iter(book.outstanding.values()))
     expected = dict(num_waiting=2 + 3, num_running=9 - 3, kv_blocks_used=300, kv_blocks_total=1000, block_size=16,
                     max_num_seqs=8, concurrency_cap=12, num_preemptions_total=5,
@@ -112,12 +112,12 @@ def test_every_state_field_is_filled_from_its_source() -> None:
                     generated_tokens_total=book.generated_tokens_total, recent_ttft_s=0.25,
                     recent_e2e_s=2.0 - t_done.arrival_s, decode_tokens_per_s=55.0, prefill_tokens_per_s=7000.0,
                     kv_capacity_tokens=16_000, sm_clock_mhz=1410.0, num_stages=2, power_w=None, energy_j=None,
-                    busy_s=None, healthy=False)
+                    busy_s=None, healthy=False, prefix_hit_tokens=48)
     got = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "queue"}
     assert got == expected
     assert len({v for v in expected.values() if isinstance(v, int | float) and not isinstance(v, bool)}) >= 15
     assert len(s.queue) == 2 and s.queue[0].age_s == 6.0 - oldest.arrival_s
-    assert (s.queue[0].prompt_tokens, s.queue[0].output_tokens) == (oldest.prompt_tokens, oldest.output_tokens)
+    assert (s.queue[0].prompt_tokens, s.queue[0].max_tokens) == (oldest.prompt_tokens, oldest.max_tokens)
 
 
 def test_configured_geometry_wins_over_metrics_and_cap_defaults_to_max_num_seqs() -> None:

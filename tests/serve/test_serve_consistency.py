@@ -41,7 +41,9 @@ NOT_COMPARED = {"power_w", "energy_j", "busy_s", "queue"}
 
 def _sim_snapshot(cluster: ClusterConfig) -> tuple[ClusterSnapshot, Request]:
     n = len(PROMPTS)
-    workload = Workload.from_arrays(np.arange(n) * 1e-6, np.array(PROMPTS), np.array(OUTPUTS))
+    # the true outputs are shorter than the declared max_tokens: the simulator must show only the declared sizes
+    workload = Workload.from_arrays(np.arange(n) * 1e-6, np.array(PROMPTS), np.array(OUTPUTS) // 2,
+                                    max_tokens=np.array(OUTPUTS))
     sim = ClusterSimulator(cluster, workload)
     for replica in SCRIPT:
         sim.dispatch(replica)
@@ -70,7 +72,7 @@ async def _proxy_snapshot(cluster: ClusterConfig) -> tuple[ClusterSnapshot, Requ
                 f.config.ttft_delay_s = 0.0
             prompt, output, _ = request_sizes(bodies[-1], 4.0, 256)
             return snapshot, Request(id=len(SCRIPT), arrival_s=snapshot.time_s, prompt_tokens=prompt,
-                                     output_tokens=output)
+                                     max_tokens=output)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,8 @@ def test_equivalent_states_give_the_same_snapshot(both_worlds: tuple) -> None:  
     sim_snap, sim_request, proxy_snap, proxy_request = both_worlds
     assert proxy_snap.num_replicas == sim_snap.num_replicas
     assert proxy_snap.arrivals_total == sim_snap.arrivals_total == len(SCRIPT)
-    assert (proxy_request.prompt_tokens, proxy_request.output_tokens) == (sim_request.prompt_tokens,
-                                                                          sim_request.output_tokens)
+    assert (proxy_request.prompt_tokens, proxy_request.max_tokens) == (sim_request.prompt_tokens,
+                                                                       sim_request.max_tokens)
     for sim_state, proxy_state in zip(sim_snap.replicas, proxy_snap.replicas, strict=True):
         sim_fields, proxy_fields = dataclasses.asdict(sim_state), dataclasses.asdict(proxy_state)
         for name in NOT_COMPARED:

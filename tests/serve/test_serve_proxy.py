@@ -57,6 +57,24 @@ async def test_non_streamed_and_streamed_answers_pass_through_unchanged() -> Non
                 _without_created(json.loads(e)) for e in direct_events[:-1]]
 
 
+async def test_the_router_sees_where_prompt_prefixes_were_sent() -> None:
+    """The proxy's prefix index: a chat that continues an earlier one shows its cached prefix on the replica that
+    served the earlier turn (blocks of 16 tokens x 4 characters), and nothing elsewhere."""
+    router = ScriptedRouter([1, 0, 0])
+    system = {"role": "system", "content": "You are a terse assistant. " * 20}
+    turn1 = [system, {"role": "user", "content": "Name three primes."}]
+    turn2 = [*turn1, {"role": "assistant", "content": "2, 3, 5."}, {"role": "user", "content": "And three more?"}]
+    async with fakes(2) as servers, proxy_over(servers, router) as proxy, aiohttp.ClientSession() as http:
+        for messages in (turn1, turn2, [{"role": "user", "content": "unrelated " * 80}]):
+            async with http.post(proxy.url + "/v1/chat/completions",
+                                 json={"model": "fake-model", "messages": messages, "max_tokens": 2}) as r:
+                assert r.status == 200
+    first, second, third = ([s.prefix_hit_tokens for s in states] for states in router.states)
+    assert first == [0, 0]
+    assert second[0] == 0 and second[1] >= 16 * (len(system["content"]) // 64)  # turn 1's blocks, on replica 1
+    assert third == [0, 0]
+
+
 async def test_requests_go_where_the_router_says_and_it_sees_the_request_sizes() -> None:
     router = ScriptedRouter([1, 1, 0])
     async with fakes(2) as servers, proxy_over(servers, router) as proxy, aiohttp.ClientSession() as http:
@@ -68,7 +86,7 @@ async def test_requests_go_where_the_router_says_and_it_sees_the_request_sizes()
                 replicas.append(int(r.headers["X-Rlserve-Replica"]))
         assert replicas == [1, 1, 0, 1, 1, 0]
         assert [s.counters.success for s in servers] == [2, 4]
-        assert [(q.prompt_tokens, q.output_tokens) for q in router.requests] == [(10 + i, 3) for i in range(6)]
+        assert [(q.prompt_tokens, q.max_tokens) for q in router.requests] == [(10 + i, 3) for i in range(6)]
         assert [q.id for q in router.requests] == list(range(6))
         # the states the router saw: nothing outstanding between sequential requests, completions counted
         last = router.states[-1]

@@ -69,3 +69,17 @@ def test_rlserve_serve_scenario_needs_one_url_per_simulated_replica() -> None:
                           "--replica", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "has 4 replicas but 1 --replica" in " ".join(out.stderr.split())
+
+
+def test_rlserve_serve_refuses_a_router_that_cannot_route_the_replicas() -> None:
+    """The shipped PPO checkpoint routes over 4 replicas: in front of 2 it is refused at start-up in one line
+    (it used to start, report healthy and answer HTTP 500 to every request)."""
+    port = dead_url().rsplit(":", 1)[1]
+    out = subprocess.run([sys.executable, "-m", "rlserve.cli.main", "serve", "--router", "ppo", "--port", port,
+                          "--replica", "http://127.0.0.1:1", "--replica", "http://127.0.0.1:2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    message = " ".join(out.stderr.split())  # one message (the console wraps it at the terminal width)
+    assert message.startswith("error: router 'ppo' routes over 4 replicas only; this cluster has 2")
+    assert message.count("error:") == 1
+    assert "Traceback" not in out.stderr and "rlserve proxy on" not in out.stdout

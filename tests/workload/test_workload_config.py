@@ -229,3 +229,43 @@ def test_trace_arrival_rules(trace_dir):
 def test_bad_seed():
     with pytest.raises(ConfigError, match="seed"):
         build_workload(config(), -1)
+
+
+# --- declared max_tokens --------------------------------------------------------------------------------
+
+
+def test_declared_max_tokens_default_is_a_fixed_cap_capped_by_the_model_length():
+    w = build_workload(config(max_total_tokens=4096), 0, max_model_len=3000)
+    assert w.max_tokens_source == "fixed:2048" and not w.oracle
+    assert (w.max_tokens == np.minimum(2048, np.maximum(3000 - w.prompt_tokens, 1))).all()
+    assert (w.output_tokens <= w.max_tokens).all()  # generation stops at max_tokens
+    assert (w.output_tokens < w.max_tokens).mean() > 0.9  # most answers end well before the cap
+    assert w.request(5).max_tokens == w.max_tokens[5] and not hasattr(w.request(5), "output_tokens")
+
+
+def test_declared_max_tokens_kinds():
+    base = build_workload(config(), 0)
+    multiple = build_workload(config(max_tokens={"kind": "multiple", "factor": 1.5}), 0)
+    assert multiple.max_tokens_source == "multiple:1.5"
+    assert (multiple.max_tokens == np.ceil(1.5 * multiple.output_tokens)).all()
+    exact = build_workload(config(max_tokens={"kind": "exact"}), 0)
+    assert exact.oracle and exact.max_tokens_source == "exact (oracle)"
+    assert (exact.max_tokens == exact.output_tokens).all()
+    fixed = build_workload(config(max_tokens={"kind": "fixed", "tokens": 100}), 0)
+    assert (fixed.max_tokens == 100).all() and (fixed.output_tokens == np.minimum(base.output_tokens, 100)).all()
+    np.testing.assert_array_equal(fixed.arrival_s, base.arrival_s)  # only the sizes change
+
+
+def test_declared_max_tokens_from_a_trace_column(tmp_path):
+    (tmp_path / "t.csv").write_text("num_prefill_tokens,num_decode_tokens,max_tokens\n10,5,8\n20,7,7\n")
+    w = build_workload(config(base_dir=tmp_path, num_requests=None, max_tokens={"kind": "trace"},
+                              lengths={"kind": "trace", "path": "t.csv", "order": "sequential"}), 0)
+    assert (w.max_tokens.tolist(), w.output_tokens.tolist(), w.max_tokens_source) == ([8, 7], [5, 7], "trace")
+    (tmp_path / "bad.csv").write_text("num_prefill_tokens,num_decode_tokens,max_tokens\n10,5,4\n")
+    with pytest.raises(InputError, match="line 2: max_tokens 4 is below num_decode_tokens 5"):
+        build_workload(config(base_dir=tmp_path, num_requests=None, max_tokens={"kind": "trace"},
+                              lengths={"kind": "trace", "path": "bad.csv", "order": "sequential"}), 0)
+    with pytest.raises(ConfigError, match="max_tokens.kind trace reads the max_tokens column"):
+        config(max_tokens={"kind": "trace"})
+    with pytest.raises(ConfigError, match="max_tokens.factor must be a number >= 1"):
+        config(max_tokens={"kind": "multiple", "factor": 0.5})

@@ -12,7 +12,16 @@ from rich.table import Table
 
 from rlserve.cli.app import app, console
 from rlserve.errors import ConfigError, RlserveError
-from rlserve.experiments import COLUMNS, HEURISTICS, aggregate, compare_routers, prepare_scenario, run_router
+from rlserve.experiments import (
+    COLUMNS,
+    HEURISTICS,
+    aggregate,
+    best_per_metric,
+    compare_routers,
+    prepare_scenario,
+    run_router,
+    runnable_routers,
+)
 from rlserve.metrics import Summary
 from rlserve.outputs import check_output_directory, check_output_file
 from rlserve.scenario import list_scenarios
@@ -68,13 +77,15 @@ def simulate(
     wall_s = time.perf_counter() - t0
     summary = result.summary(scn.slo)
     console.print(summary_table(f"{scn.name} (seed {seed}, {summary.num_requests} requests, "
-                                f"{result.duration_s:.0f} s simulated in {wall_s:.2f} s)", {router: summary}))
+                                f"{result.duration_s:.0f} s simulated in {wall_s:.2f} s, "
+                                f"max_tokens {scn.workload.max_tokens.source()})", {router: summary}))
     if result.rejected:
         console.print(f"[yellow]{result.rejected} requests were rejected (too long for the replica).[/]")
     if output is not None:
         from rlserve.report.run_output import save_run
 
-        meta = {"scenario": scn.name, "router": router, "seed": seed, "wall_s": wall_s}
+        meta = {"scenario": scn.name, "router": router, "seed": seed, "wall_s": wall_s,
+                "max_tokens": scn.workload.max_tokens.source()}
         paths = save_run(output, result.records, summary, meta, label=router)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
@@ -111,16 +122,25 @@ def compare(
     batching: BatchingOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON.")] = None,
 ) -> None:
-    """Compare routers on one scenario over several seeds: mean and 95% CI per metric."""
+    """Compare routers on one scenario over several seeds: mean and 95% CI per metric.
+
+    A router that cannot route this cluster (a checkpoint made for another replica count) is reported and skipped;
+    the others still run, print and are written.
+    """
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     if json_out is not None:
         check_output_file(json_out, "--json")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
-    names = parse_router_list(routers)
+    names, skipped = runnable_routers(scn, parse_router_list(routers))
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped {name}: {why}[/]")
+    if not names:
+        raise ConfigError("none of the routers can route this scenario's cluster")
     with _progress() as progress:
         results = compare_routers(scn, names, list(range(seeds)), progress)
-    table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds")
+    table = Table(title=f"{scn.name}: mean ± 95% CI over {seeds} seeds, max_tokens "
+                        f"{scn.workload.max_tokens.source()}")
     table.add_column("router")
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
@@ -128,9 +148,15 @@ def compare(
     for r, agg in aggregated.items():
         table.add_row(r, *(f"{_fmt(agg[c]['mean'])} ± {_fmt(agg[c]['ci95'])}" for c, _ in COLUMNS))
     console.print(table)
+    heuristics = [r for r in names if r in HEURISTICS]
+    best = best_per_metric(aggregated, heuristics) if heuristics else {}
+    if best:
+        console.print("best heuristic per metric: " + ", ".join(
+            f"{col} {r} ({_fmt(aggregated[r][col]['mean'])})" for col, r in best.items()), highlight=False)
     if json_out is not None:
         from rlserve.report.run_output import write_json
 
-        write_json(json_out, {"scenario": scn.name, "seeds": seeds, "routers": aggregated,
+        write_json(json_out, {"scenario": scn.name, "seeds": seeds, "max_tokens": scn.workload.max_tokens.source(),
+                              "skipped": skipped, "best_heuristic_per_metric": best, "routers": aggregated,
                               "runs": {r: [s.to_dict() for s in ss] for r, ss in results.items()}})
         console.print(f"wrote {json_out}")

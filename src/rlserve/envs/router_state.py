@@ -130,12 +130,12 @@ class StateBuilder:
                 queued[i] = min(len(r.queue), k)
                 for j, q in enumerate(r.queue[:k]):
                     queue[i, j] = (q.age_s, q.prompt_tokens, q.processed_tokens, q.remaining_prefill_tokens,
-                                   q.output_tokens, q.generated_tokens, q.priority)
+                                   q.max_tokens, q.generated_tokens, q.priority)
         # scalars converted explicitly: numba compiles one version per argument type (an int time would recompile)
         if request is None:
             arrival_s, prompt, output = 0.0, 0, 0
         else:
-            arrival_s, prompt, output = float(request.arrival_s), int(request.prompt_tokens), int(request.output_tokens)
+            arrival_s, prompt, output = float(request.arrival_s), int(request.prompt_tokens), int(request.max_tokens)
         return _features(fields.reshape(n, _NUM_FIELDS), queue, queued, float(snapshot.time_s), request is not None,
                          arrival_s, prompt, output, c.enable_enhanced_features, c.include_capability, c.include_work,
                          c.include_request, float(c.ema_alpha), self._dimension, *self._history)

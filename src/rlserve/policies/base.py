@@ -6,7 +6,7 @@ A router is called once per arriving request, in the simulator and in the proxy 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,6 +29,19 @@ class Router(Protocol):
     def reset(self, seed: int | None = None) -> None:
         """Forget per-run state (round-robin position, RNG) before a new run."""
         ...
+
+
+def check_fits(router: Router, num_replicas: int) -> None:
+    """Raise :class:`ConfigError` (one line) if ``router`` cannot route ``num_replicas`` replicas.
+
+    A router bound to one cluster size (a learned policy with one output per replica) says so with an integer
+    ``num_replicas`` attribute; every other router routes any number of replicas. Checked before a run or a proxy
+    starts, so a mismatch is refused up front instead of failing on the first request.
+    """
+    fixed = getattr(router, "num_replicas", None)
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed != num_replicas:
+        raise ConfigError(f"router {getattr(router, 'name', router)!r} routes over {fixed} replicas only; this "
+                          f"cluster has {num_replicas} (use a router or checkpoint made for {num_replicas})")
 
 
 RouterFactory = Callable[..., Router]
@@ -63,7 +76,7 @@ def make_router(spec: str, *, seed: int | None = None, **kwargs: Any) -> Router:
     return router
 
 
-def fair_argmin(values: np.ndarray | list[float], rng: np.random.Generator) -> int:
+def fair_argmin(values: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
     """Index of the smallest value, ties broken uniformly at random (never always the lowest id)."""
     arr = np.asarray(values, dtype=np.float64)
     best = np.flatnonzero(arr == arr.min())

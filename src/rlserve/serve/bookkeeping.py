@@ -13,8 +13,10 @@ the same situation:
   replica's waiting queue too) + in-flight requests the engine reports as waiting;
   ``num_running`` = the rest of the in-flight requests (never more than ``max_num_seqs``).
 - ``pending_prefill_tokens`` = prompt tokens of outstanding requests whose first token has not arrived;
-  ``pending_decode_tokens`` = output tokens still to come (``max_tokens`` minus tokens streamed so far, the first
-  token included), the simulator's definition with ``max_tokens`` standing in for the unknown true length.
+  ``pending_decode_tokens`` = output tokens still to come, :func:`~rlserve.snapshot.decode_tokens_left`
+  (``max_tokens`` minus tokens streamed so far, the first token included), summed over outstanding requests; the
+  simulator counts with the same function over the declared sizes, and a request that ends early takes its
+  remainder with it on stream end, as a simulated request does at completion.
 - Tokens are counted from the response: one per SSE ``data:`` event while a stream runs (vLLM merges several
   tokens into one event when the client reads slower than the engine generates, so this is a lower bound), then
   corrected at the end from ``usage.completion_tokens`` when the response has it, or to ``max_tokens`` when the
@@ -26,13 +28,15 @@ the same situation:
 - ``kv_blocks_used`` = ``kv_cache_usage * num_gpu_blocks`` (usage is a fraction in [0, 1]).
 - ``power_w``, ``energy_j``, ``busy_s`` are ``None``: the proxy does not measure them (the energy controller
   reads NVML itself).
+- ``prefix_hit_tokens`` is the proxy's prefix index's match of the request being routed on this replica
+  (:mod:`rlserve.prefix_index`, the same index the simulator keeps); the caller passes it in.
 """
 
 from __future__ import annotations
 
 from rlserve.serve.admission import ReplicaGate
 from rlserve.serve.config import ReplicaSpec
-from rlserve.snapshot import RECENT_LATENCY_EWMA_ALPHA, QueuedRequestView, ReplicaState
+from rlserve.snapshot import RECENT_LATENCY_EWMA_ALPHA, QueuedRequestView, ReplicaState, decode_tokens_left
 from rlserve.telemetry.vllm_metrics import VllmMetrics
 
 DEFAULT_BLOCK_SIZE = 16  # vLLM's GPU default, used until /metrics says otherwise
@@ -41,13 +45,13 @@ DEFAULT_BLOCK_SIZE = 16  # vLLM's GPU default, used until /metrics says otherwis
 class Tracked:
     """One outstanding request on one replica (queued at the gate or in flight)."""
 
-    __slots__ = ("arrival_s", "prompt_tokens", "output_tokens", "output_exact", "generated_tokens", "first_token_s")
+    __slots__ = ("arrival_s", "prompt_tokens", "max_tokens", "output_exact", "generated_tokens", "first_token_s")
 
-    def __init__(self, arrival_s: float, prompt_tokens: int, output_tokens: int, output_exact: bool = False) -> None:
+    def __init__(self, arrival_s: float, prompt_tokens: int, max_tokens: int, output_exact: bool = False) -> None:
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
-        self.output_tokens = output_tokens  # max_tokens (an upper bound) or the configured default
-        self.output_exact = output_exact  # output_tokens is the exact length if the answer stops for "length"
+        self.max_tokens = max_tokens  # the client's max_tokens (an upper bound) or the configured default
+        self.output_exact = output_exact  # max_tokens is the exact length if the answer stops for "length"
         self.generated_tokens = 0
         self.first_token_s = -1.0  # < 0: no token yet
 
@@ -78,13 +82,13 @@ class ReplicaBook:
 
     # --- request lifecycle (called on the event loop, O(1) each) ------------------------------------------------
 
-    def add(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
+    def add(self, request_id: int, arrival_s: float, prompt_tokens: int, max_tokens: int,
             output_exact: bool = False) -> Tracked:
         """A request was routed here (it may still wait at the gate)."""
-        t = Tracked(arrival_s, prompt_tokens, output_tokens, output_exact)
+        t = Tracked(arrival_s, prompt_tokens, max_tokens, output_exact)
         self.outstanding[request_id] = t
         self.pending_prefill_tokens += prompt_tokens
-        self.pending_decode_tokens += output_tokens
+        self.pending_decode_tokens += decode_tokens_left(max_tokens, 0)
         self.routed_total += 1
         return t
 
@@ -100,9 +104,9 @@ class ReplicaBook:
 
     def tokens(self, t: Tracked, n: int) -> None:
         """``n`` more output tokens arrived for ``t`` (the first one included)."""
-        left = t.output_tokens - t.generated_tokens
-        self.pending_decode_tokens -= n if n < left else max(left, 0)
+        left = decode_tokens_left(t.max_tokens, t.generated_tokens)
         t.generated_tokens += n
+        self.pending_decode_tokens -= left - decode_tokens_left(t.max_tokens, t.generated_tokens)
         self.generated_tokens_total += n
 
     def remove(self, request_id: int, t: Tracked) -> None:
@@ -111,7 +115,7 @@ class ReplicaBook:
             return
         if t.first_token_s < 0:
             self.pending_prefill_tokens -= t.prompt_tokens
-        self.pending_decode_tokens -= max(t.output_tokens - t.generated_tokens, 0)
+        self.pending_decode_tokens -= decode_tokens_left(t.max_tokens, t.generated_tokens)
 
     def complete(self, request_id: int, t: Tracked, now_s: float, generated_tokens: int | None = None) -> None:
         """``t`` finished successfully; ``generated_tokens`` is its exact output size when the response said it."""
@@ -128,8 +132,9 @@ class ReplicaBook:
 
     # --- observation --------------------------------------------------------------------------------------------
 
-    def state(self, now_s: float, queue_k: int = 0) -> ReplicaState:
-        """This replica as a policy sees it at ``now_s`` (proxy clock)."""
+    def state(self, now_s: float, queue_k: int = 0, prefix_hit_tokens: int = 0) -> ReplicaState:
+        """This replica as a policy sees it at ``now_s`` (proxy clock), with the routed request's expected cached
+        prefix here (``prefix_hit_tokens``, from the proxy's prefix index)."""
         spec, gate, engine = self.spec, self.gate, self.engine
         in_flight = gate.in_flight
         engine_waiting = 0
@@ -175,6 +180,7 @@ class ReplicaBook:
             None,  # busy_s
             self.healthy,
             self._queue_view(now_s, queue_k) if queue_k else (),  # queue
+            prefix_hit_tokens,
         )
 
     def _queue_view(self, now_s: float, k: int) -> tuple[QueuedRequestView, ...]:
@@ -185,7 +191,7 @@ class ReplicaBook:
                 age_s=now_s - t.arrival_s, prompt_tokens=t.prompt_tokens,
                 processed_tokens=t.prompt_tokens + t.generated_tokens if started else 0,
                 remaining_prefill_tokens=0 if started else t.prompt_tokens,
-                output_tokens=t.output_tokens, generated_tokens=t.generated_tokens))
+                max_tokens=t.max_tokens, generated_tokens=t.generated_tokens))
             if len(views) == k:
                 break
         return tuple(views)

@@ -195,6 +195,10 @@ class ProxyConfig:
     """Output-size estimate for requests that set no ``max_tokens``."""
     queue_k: int = 0
     """Requests per replica listed in ``ReplicaState.queue`` (oldest first); 0 = none (cheapest)."""
+    prefix_index_blocks: int = 31_250
+    """Prompt-block hashes the prefix index keeps per replica (LRU; ~100 bytes each); 0 = no prefix index."""
+    prefix_index_ttl_s: float | None = None
+    """Age after which an indexed block no longer counts as cached (None = only LRU eviction)."""
     router_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the router's constructor."""
 
@@ -216,6 +220,11 @@ class ProxyConfig:
                      "client_timeout_s", "health_interval_s", "health_timeout_s", "chars_per_token"):
             _positive(name, getattr(self, name))
         _positive("metrics_interval_s", self.metrics_interval_s, allow_zero=True)
+        if isinstance(self.prefix_index_blocks, bool) or not isinstance(self.prefix_index_blocks, int) or \
+                self.prefix_index_blocks < 0:
+            raise ConfigError(f"prefix_index_blocks must be an integer >= 0, got {self.prefix_index_blocks!r}")
+        if self.prefix_index_ttl_s is not None:
+            _positive("prefix_index_ttl_s", self.prefix_index_ttl_s)
         if isinstance(self.queue_k, bool) or not isinstance(self.queue_k, int) or self.queue_k < 0:
             raise ConfigError(f"queue_k must be an integer >= 0, got {self.queue_k!r}")
         if self.api_key is None and self.host not in ("127.0.0.1", "localhost", "::1"):

@@ -50,14 +50,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from rlserve.errors import ConfigError, InputError
-from rlserve.policies.base import Router, make_router
+from rlserve.policies.base import Router, check_fits, make_router
+from rlserve.prefix_index import DEFAULT_BLOCK_SIZE, PrefixIndex, text_block_hashes
 from rlserve.serve.admission import ReplicaDown
 from rlserve.serve.bookkeeping import ReplicaBook, Tracked
 from rlserve.serve.config import ProxyConfig
 from rlserve.serve.probes import ReplicaProber
 from rlserve.serve.proxy_error import ProxyError
 from rlserve.serve.proxy_metrics import ProxyMetrics
-from rlserve.serve.request_shape import request_sizes
+from rlserve.serve.request_shape import rendered_prompt, request_sizes
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
 
@@ -92,9 +93,15 @@ class RouterProxy:
         self.config = config
         self.router = router if router is not None else make_router(config.router, seed=config.seed,
                                                                     **config.router_kwargs)
+        check_fits(self.router, len(config.replicas))  # refuse now, not with HTTP 500 on every request
         self.books = [ReplicaBook(i, spec, config.max_queue_per_replica) for i, spec in enumerate(config.replicas)]
         # A router that reads per-request queue features says how many it needs (PPORouter.queue_k).
         self.queue_k = max(config.queue_k, int(getattr(self.router, "queue_k", 0) or 0))
+        # where each replica probably has prompt prefixes cached (ReplicaState.prefix_hit_tokens)
+        self.prefix_index = PrefixIndex(
+            len(self.books), block_size=config.replicas[0].block_size or DEFAULT_BLOCK_SIZE,
+            capacity_blocks=config.prefix_index_blocks, ttl_s=config.prefix_index_ttl_s,
+        ) if config.prefix_index_blocks else None
         self.metrics = ProxyMetrics(self.books)
         self.port = config.port
         self.arrivals_total = 0
@@ -235,19 +242,26 @@ class RouterProxy:
 
     # --- routing ------------------------------------------------------------------------------------------------
 
-    def decide(self, request: Request) -> int:
+    def decide(self, request: Request, block_hashes: Sequence[int] = ()) -> int:
         """The replica the router picks for ``request`` now; the time taken goes to the decision histogram.
 
-        The snapshot's replica states are built only if the router reads them.
+        The snapshot's replica states are built only if the router reads them; ``block_hashes`` (the prompt's,
+        :func:`~rlserve.prefix_index.text_block_hashes`) give each state's ``prefix_hit_tokens``.
 
         Raises:
             ProxyError: 500 when the router raises or answers something that is not a replica index.
         """
         t0 = time.perf_counter()
         now = request.arrival_s
-        books, k = self.books, self.queue_k
-        snapshot = ClusterSnapshot(now, len(books), lambda: tuple(b.state(now, k) for b in books),
-                                   self.arrivals_total)
+        books, k, index = self.books, self.queue_k, self.prefix_index
+
+        def states() -> tuple[ReplicaState, ...]:
+            if index is None or not block_hashes:
+                return tuple(b.state(now, k) for b in books)
+            hits = index.matched_tokens(block_hashes, now)
+            return tuple(b.state(now, k, hit) for b, hit in zip(books, hits, strict=True))
+
+        snapshot = ClusterSnapshot(now, len(books), states, self.arrivals_total)
         try:
             choice = self.router.select(request, snapshot)
         except Exception as exc:  # a policy bug must not take the proxy down
@@ -333,14 +347,17 @@ class RouterProxy:
     async def _route(self, request: web.Request, raw: bytes, body: dict[str, Any]) -> web.StreamResponse:
         cfg = self.config
         try:
-            prompt_tokens, output_tokens, output_exact = request_sizes(body, cfg.chars_per_token,
-                                                                       cfg.default_max_tokens)
+            prompt_tokens, max_tokens, output_exact = request_sizes(body, cfg.chars_per_token,
+                                                                    cfg.default_max_tokens)
         except InputError as exc:
             raise ProxyError(400, "invalid_request", str(exc)) from None
         rid = self.arrivals_total
         arrival_s = self.now_s()
-        req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-        replica = self.decide(req)
+        req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        index = self.prefix_index
+        hashes = [] if index is None else text_block_hashes(rendered_prompt(body), index.block_size,
+                                                            cfg.chars_per_token)
+        replica = self.decide(req, hashes)
         self.arrivals_total += 1
         if not self.books[replica].healthy:
             alternative = self._fallback({replica})
@@ -352,7 +369,9 @@ class RouterProxy:
         last_error = ""
         while True:
             book = self.books[replica]
-            tracked = book.add(rid, arrival_s, prompt_tokens, output_tokens, output_exact)
+            tracked = book.add(rid, arrival_s, prompt_tokens, max_tokens, output_exact)
+            if index is not None:
+                index.record(replica, hashes, arrival_s)
             try:
                 return await self._attempt(request, raw, stream, book, rid, tracked, deadline)
             except _AttemptFailed as exc:
@@ -662,7 +681,7 @@ def _final_stream_tokens(tail: bytes, t: Tracked) -> int | None:
     if usage is not None:
         return usage
     if t.output_exact and (b'"finish_reason":"length"' in tail or b'"finish_reason": "length"' in tail):
-        return t.output_tokens
+        return t.max_tokens
     return None
 
 

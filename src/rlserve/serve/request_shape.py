@@ -91,3 +91,28 @@ def request_sizes(body: dict[str, Any], chars_per_token: float, default_max_toke
         output_tokens *= n
         exact = False
     return max(prompt_tokens, 1), output_tokens, exact
+
+
+def rendered_prompt(body: dict[str, Any]) -> str | list[int]:
+    """The prompt as the prefix index hashes it: token ids as they are, text as is, chat messages as their roles and
+    text parts in order (so conversations that share their first messages share a prefix). A batch of prompts gives
+    its first one (the batch shares one routing decision)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for m in messages:
+            if isinstance(m, dict):
+                content = m.get("content")
+                if isinstance(content, list):
+                    content = "".join(p.get("text") or "" for p in content
+                                      if isinstance(p, dict) and p.get("type") == "text")
+                parts.append(f"<{m.get('role')}>{content if isinstance(content, str) else ''}")
+        return "".join(parts)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return prompt
+    return ""

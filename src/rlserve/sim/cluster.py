@@ -23,6 +23,7 @@ import numpy as np
 
 from rlserve.errors import ConfigError
 from rlserve.metrics import RequestRecords, Slo, Summary, summarize
+from rlserve.prefix_index import PrefixIndex, prefix_block_hashes
 from rlserve.sim.config import ClusterConfig, ReplicaConfig
 from rlserve.sim.replica import PerfModel, Replica, RequestTable
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
@@ -57,6 +58,7 @@ class ReplicaStats:
     utilization: float  # busy time / run duration
     mean_kv_usage: float  # time-weighted fraction of KV blocks in use (trapezoid within decode runs)
     kv_blocks_total: int
+    prefix_hit_tokens: int = 0  # prompt tokens found in the prefix cache instead of computed
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class SimResult:
             "replicas": [vars(r) for r in self.replica_stats],
             "mean_kv_usage": float(np.mean([r.mean_kv_usage for r in self.replica_stats])),
             "mean_utilization": float(np.mean([r.utilization for r in self.replica_stats])),
+            # share of the prompt tokens of finished requests served from a prefix cache (0 without prefixes)
+            "prefix_hit_rate": sum(r.prefix_hit_tokens for r in self.replica_stats)
+            / max(int(self.records.prompt_tokens[self.records.finished].sum()), 1),
         }
         return summarize(self.records, slo or Slo(), num_replicas=len(self.replica_stats),
                          energy_j=self.energy_j, percentiles=percentiles, extra=extra)
@@ -97,11 +102,17 @@ class ClusterSimulator:
         self.seed = seed  # the simulator itself is deterministic; the seed is recorded for provenance
         self.table = RequestTable(
             workload.arrival_s.tolist(), workload.prompt_tokens.tolist(), workload.output_tokens.tolist(),
-            workload.prefix_id.tolist(), workload.prefix_tokens.tolist())
+            workload.prefix_id.tolist(), workload.prefix_tokens.tolist(), workload.max_tokens.tolist())
         perfs = list(perf_models) if perf_models is not None else [build_perf_model(c) for c in cluster.replicas]
         self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps)
                          for i, (c, p) in enumerate(zip(cluster.replicas, perfs, strict=True))]
         self.num_replicas = len(self.replicas)
+        # What a proxy would know about cached prefixes: the same bounded index the proxy keeps, over prefix ids.
+        # A workload without shared prefixes can never match, so it skips the index (and its cost).
+        self.prefix_index: PrefixIndex | None = None
+        if len(workload) and int(workload.prefix_id.max()) >= 0:
+            self.prefix_index = PrefixIndex(self.num_replicas, block_size=min(c.block_size for c in cluster.replicas))
+        self._hashes: tuple[int, list[int]] = (-1, [])  # (request, its block hashes): computed once per request
         self.now = 0.0
         self._next = 0  # index of the next arrival to dispatch
         self._finished_seen = 0  # prefix of table.finished_order already returned by pop_finished
@@ -115,12 +126,36 @@ class ClusterSimulator:
         """State at :attr:`now`; replica states are computed when first read."""
         now = self.now
 
+        nxt = self._next
+
         def states() -> tuple[ReplicaState, ...]:
             for r in self.replicas:
                 r.advance_to(now)
-            return tuple(r.state(now, queue_k) for r in self.replicas)
+            out = tuple(r.state(now, queue_k) for r in self.replicas)
+            if self.prefix_index is not None and nxt < len(self.workload):
+                for state, hit in zip(out, self.prefix_index.matched_tokens(self._block_hashes(nxt), now),
+                                      strict=True):
+                    state.prefix_hit_tokens = hit
+            return out
 
         return ClusterSnapshot(now, self.num_replicas, states, self._next)
+
+    def _block_hashes(self, i: int) -> list[int]:
+        """The prefix-index block hashes of request ``i`` (cached for the request being routed)."""
+        if self._hashes[0] != i:
+            t = self.table
+            assert self.prefix_index is not None  # internal invariant
+            self._hashes = (i, prefix_block_hashes(i, t.prompt[i], t.prefix_id[i], t.prefix_tokens[i],
+                                                   self.prefix_index.block_size))
+        return self._hashes[1]
+
+    def _route(self, i: int, replica: int, t: float) -> None:
+        """Hand request ``i`` to ``replica`` at ``t`` and remember its prompt blocks there, as the proxy does."""
+        rep = self.replicas[replica]
+        rep.advance_to(t)
+        rep.enqueue(i, t)
+        if self.prefix_index is not None:
+            self.prefix_index.record(replica, self._block_hashes(i), t)
 
     def dispatch(self, replica: int) -> None:
         """Route the next arrival to ``replica``; time advances to its arrival."""
@@ -131,9 +166,7 @@ class ClusterSimulator:
             raise ConfigError("no request left to dispatch")
         t = self.table.arrival[i]
         self.now = t
-        rep = self.replicas[replica]
-        rep.advance_to(t)
-        rep.enqueue(i, t)
+        self._route(i, replica, t)
         self._next = i + 1
 
     def run(self, router: Router, until_s: float | None = None) -> None:
@@ -141,23 +174,21 @@ class ClusterSimulator:
         arrival = self.table.arrival
         n = len(arrival)
         end = n if until_s is None else int(np.searchsorted(self.workload.arrival_s, until_s, side="left"))
-        replicas = self.replicas
         num = self.num_replicas
         table = self.table
-        prompt, output, prefix_id, prefix_tokens = table.prompt, table.output, table.prefix_id, table.prefix_tokens
+        # what the router is told: the declared max_tokens, never the true output length (table.output)
+        prompt, declared, prefix_id, prefix_tokens = table.prompt, table.declared, table.prefix_id, table.prefix_tokens
         select = router.select
         queue_k = getattr(router, "queue_k", 0)  # per-request queue views, as the proxy honours too
         for i in range(self._next, max(end, self._next)):
             t = arrival[i]
             self.now = t
             self._next = i
-            r = select(Request(i, t, prompt[i], output[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
+            r = select(Request(i, t, prompt[i], declared[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
             if not 0 <= r < num:
                 raise ConfigError(f"router {getattr(router, 'name', router)!r} chose replica {r}, "
                                   f"outside [0, {num})")
-            rep = replicas[r]
-            rep.advance_to(t)
-            rep.enqueue(i, t)
+            self._route(i, r, t)
             self._next = i + 1
         if until_s is not None:
             self.advance_to(max(self.now, until_s))
@@ -229,7 +260,8 @@ class ClusterSimulator:
             stats.append(ReplicaStats(
                 requests=r.assigned, rejected=r.rejected, completed=r.completed, preemptions=r.preemptions_total,
                 busy_s=r.busy_s, energy_j=r.energy_j, utilization=r.busy_s / duration,
-                mean_kv_usage=r.kv_block_seconds / duration / r.total_blocks, kv_blocks_total=r.total_blocks))
+                mean_kv_usage=r.kv_block_seconds / duration / r.total_blocks, kv_blocks_total=r.total_blocks,
+                prefix_hit_tokens=r.prefix_hit_tokens))
         self.now = end
         return SimResult(records=records, replica_stats=tuple(stats), duration_s=end - start,
                          rejected=sum(r.rejected for r in self.replicas))

@@ -34,7 +34,7 @@ class ReplicaConfig:
     gpu_memory_utilization: float = 0.9
     num_gpu_blocks: int | None = None  # like vLLM's --num-gpu-blocks-override
     batching: Batching = "chunked"
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = False  # vLLM V1 turns it on by default; prefix scenarios set it
     concurrency_cap: int | None = None  # admission cap (energy controller); None = max_num_seqs
     max_model_len: int = 16384
 

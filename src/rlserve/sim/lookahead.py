@@ -7,6 +7,9 @@ lengths, and the request goes to the replica where the summed latency of that re
 (completion times, plus ``ttft_weight`` times first-token times). That is the exact marginal cost of the decision
 in total (hence mean) latency, given everything already in the system.
 
+It is an oracle on purpose: it reads the simulator's true output lengths (never the declared ``max_tokens``
+routers get), because it measures headroom, not a deployable policy; results label it as clairvoyant.
+
 It is myopic (it ignores the arrivals still to come), so it is not a proven optimum, but it is a demanding bar: if
 it gains only a few percent over the best heuristic on a scenario, no router can be expected to gain much more
 there. ``benchmarks/router_quality.py`` reports its gain beside the PPO router's, and the PPO router's warm start

@@ -11,8 +11,10 @@ Scheduling semantics (see docs/simulator.md for the comparison with vLLM):
 - KV memory is paged in ``block_size``-token blocks allocated as sequences grow. When a decode step needs more
   blocks than are free, the most recently arrived running request is preempted (recompute: its blocks are freed
   and it goes back to the front of the waiting queue, to re-prefill prompt + generated tokens).
-- Prefix caching (optional): requests with the same ``prefix_id`` share the full blocks of their common prefix;
-  a prefix stays cached after its last user finishes until its blocks are needed (LRU eviction).
+- Prefix caching (``enable_prefix_caching``; vLLM V1 turns it on by default): requests with the same
+  ``prefix_id`` share the full blocks of their common prefix; a request that hit a shorter cached prefix extends it
+  with the prefix blocks it computed (a conversation's turns); a prefix stays cached after its last user finishes
+  until its blocks are needed (LRU eviction).
 
 Speed: while the batch is decode-only and nothing arrives, iteration ``i`` of a run costs ``t0 + t1 * S_i`` with
 ``S_i = S_0 + i * B`` (perf model contract), so ``k`` iterations are summed in closed form. A run stops at the
@@ -32,7 +34,7 @@ from typing import Protocol
 from rlserve.errors import ConfigError
 from rlserve.sim.config import ReplicaConfig
 from rlserve.snapshot import RECENT_LATENCY_EWMA_ALPHA as _EWMA_ALPHA
-from rlserve.snapshot import QueuedRequestView, ReplicaState
+from rlserve.snapshot import QueuedRequestView, ReplicaState, decode_tokens_left
 
 INF = math.inf
 NAN = math.nan
@@ -59,14 +61,18 @@ class RequestTable:
 
     Live decode state of a request in a replica's decode group is stored relative to that replica's step
     counter ``g``: tokens in KV = ``g + off``, tokens generated = ``g + goff``.
+
+    ``output`` is the true output length, which only the engine's execution reads; ``declared`` is the client's
+    ``max_tokens``, the only output size that reaches a :class:`~rlserve.snapshot.ReplicaState`.
     """
 
     def __init__(self, arrival_s: list[float], prompt: list[int], output: list[int], prefix_id: list[int],
-                 prefix_tokens: list[int]) -> None:
+                 prefix_tokens: list[int], declared: list[int] | None = None) -> None:
         n = len(arrival_s)
         self.arrival = arrival_s
         self.prompt = prompt
-        self.output = output
+        self.output = output  # truth: executed, never observed
+        self.declared = list(output) if declared is None else declared
         self.prefix_id = prefix_id
         self.prefix_tokens = prefix_tokens
         self.replica = [-1] * n
@@ -143,6 +149,7 @@ class Replica:
         self.completed = 0
         self.generated = 0
         self.preemptions_total = 0
+        self.prefix_hit_tokens = 0  # prompt tokens served from the prefix cache (not computed)
         self.energy_j = 0.0
         self.busy_s = 0.0
         self.kv_block_seconds = 0.0
@@ -173,7 +180,7 @@ class Replica:
         self.assigned += 1
         prompt = t.prompt[rid]
         blocks = -(-(prompt + t.output[rid]) // self.bs)
-        if prompt + t.output[rid] > self.cfg.max_model_len or blocks > self.total_blocks - self.watermark_blocks or (
+        if prompt + t.declared[rid] > self.cfg.max_model_len or blocks > self.total_blocks - self.watermark_blocks or (
                 self.prefill_priority and prompt > self.budget):
             t.rejected[rid] = True  # vLLM would refuse it; it never runs (counted, not silently dropped)
             self.rejected += 1
@@ -181,7 +188,7 @@ class Replica:
         t.need[rid] = prompt
         self.waiting.append(rid)
         self.pending_prefill += prompt
-        self.pending_decode += t.output[rid]
+        self.pending_decode += decode_tokens_left(t.declared[rid], 0)
         self._interrupt(now)
 
     def set_sm_clock(self, mhz: float, now: float) -> None:
@@ -324,7 +331,7 @@ class Replica:
             if need:
                 continue
             del self.prefilling[rid]
-            if self.prefix_caching and t.prefix_id[rid] >= 0 and not t.shared[rid]:
+            if self.prefix_caching and t.prefix_id[rid] >= 0:
                 self._register_prefix(rid)
             gen = t.gen[rid] = t.gen[rid] + 1
             self.generated += 1
@@ -345,6 +352,7 @@ class Replica:
         t.finish[rid] = end
         t.finished_order.append(rid)
         self.completed += 1
+        self.pending_decode -= decode_tokens_left(t.declared[rid], t.output[rid])  # ended before max_tokens
         e2e = end - t.arrival[rid]
         self.recent_e2e = e2e if self.completed == 1 else self.recent_e2e + _EWMA_ALPHA * (e2e - self.recent_e2e)
 
@@ -446,11 +454,25 @@ class Replica:
         return hit
 
     def _register_prefix(self, rid: int) -> None:
-        """After a cache-miss prefill, the full blocks of the prefix become shareable."""
+        """After a prefill, the full blocks of the request's prefix become shareable.
+
+        After a miss, the request's prefix blocks become the cached prefix. After a hit on a shorter cached prefix
+        (a conversation's next turn: its prompt continues the previous one), the blocks it computed beyond the hit
+        extend the cached prefix, so the turn after it hits them too; they change owner (request -> prefix), so the
+        blocks in use do not change.
+        """
         t = self.t
         p = t.prefix_id[rid]
         blocks = min(t.prefix_tokens[rid], t.prompt[rid]) // self.bs
-        if blocks and p not in self.prefix_active:
+        shared = t.shared[rid]
+        if blocks <= shared:
+            return
+        entry = self.prefix_active.get(p)
+        if shared:
+            if entry is not None and entry[1] == shared:  # nobody extended it meanwhile
+                entry[1] = blocks
+                t.shared[rid] = blocks
+        elif entry is None:
             self.cached_blocks -= self.prefix_lru.pop(p, 0)  # a stale cached copy is superseded
             self.prefix_active[p] = [1, blocks]
             t.shared[rid] = blocks
@@ -542,6 +564,7 @@ class Replica:
                 t.ctx[rid] = hit * self.bs
                 t.need[rid] = n
                 self.pending_prefill -= hit * self.bs
+                self.prefix_hit_tokens += hit * self.bs
             self._make_room(blocks)
             self.used += blocks
             self._admit_first(rid, now)
@@ -591,6 +614,7 @@ class Replica:
                 t.ctx[rid] = ctx
                 t.need[rid] -= ctx
                 self.pending_prefill -= ctx
+                self.prefix_hit_tokens += ctx
             self._make_room(blocks + reserved)
             self.used += blocks
             self._admit_first(rid, now)
@@ -651,5 +675,5 @@ class Replica:
             views.append(QueuedRequestView(
                 age_s=now - t.arrival[rid], prompt_tokens=t.prompt[rid], processed_tokens=ctx,
                 remaining_prefill_tokens=0 if rid in self.decoding else t.need[rid],
-                output_tokens=t.output[rid], generated_tokens=gen))
+                max_tokens=t.declared[rid], generated_tokens=gen))
         return tuple(views)

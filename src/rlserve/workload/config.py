@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from rlserve.errors import ConfigError
-from rlserve.workload import arrivals, lengths, loaders
-from rlserve.workload.request import Workload
+from rlserve.workload import arrivals, lengths, loaders, prefixes
+from rlserve.workload.request import EXACT_SOURCE, Workload
 
 # kind -> (required keys, optional keys), besides "kind" itself.
 ARRIVAL_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -45,6 +45,15 @@ FILE_LOADERS: dict[str, Callable[..., loaders.TokenTrace]] = {
     "azure": loaders.load_azure_csv,
     "sharegpt": loaders.load_sharegpt_json,
 }
+MAX_TOKENS_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("tokens",), ()),
+    "multiple": (("factor",), ()),
+    "exact": ((), ()),
+    "trace": ((), ()),
+}
+DEFAULT_MAX_TOKENS = 2048
+"""The declared ``max_tokens`` of a scenario that does not say: a common chat-client setting (OpenAI-style clients
+and UIs often send 1024-4096; vLLM itself defaults to the remaining context). Capped by the model length."""
 ORDERS = ("sample", "sequential")
 # Warn when the prefix is cut to the prompt for more than this share of prefixed requests.
 PREFIX_CUT_WARN_FRACTION = 0.1
@@ -77,6 +86,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "output_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "share_fraction": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "tokens": _COUNT,
+    "zipf_s": (lambda v: _is_real(v) and v >= 0, "a number >= 0 (0 = uniform popularity)"),
+    "prepend": (lambda v: isinstance(v, bool), "true or false"),
+    "turns_mean": (lambda v: _is_real(v) and v >= 1, "a number >= 1"),
+    "think_time_s": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "factor": (lambda v: _is_real(v) and v >= 1, "a number >= 1 (max_tokens bounds the output)"),
     "order": (lambda v: v in ORDERS, f"one of {', '.join(ORDERS)}"),
     "path": (lambda v: isinstance(v, str | Path) and str(v) != "", "a file path"),
     "tokenizer": (lambda v: isinstance(v, str | Path) and str(v) != "", "a path to a tokenizer.json"),
@@ -134,16 +149,58 @@ class LengthConfig:
 
 @dataclass(frozen=True)
 class PrefixConfig:
-    """Shared prompt prefixes for prefix caching.
+    """Shared prompt prefixes (system prompts) for prefix caching (:mod:`rlserve.workload.prefixes`).
 
-    Each request, with probability ``share_fraction``, gets one of ``num_prefixes`` prefix ids (uniformly)
-    whose first ``prefix_tokens`` prompt tokens are shared by every request with that id. A prompt shorter
-    than ``prefix_tokens`` shares all of its tokens (the prefix is cut to the prompt).
+    Each request, with probability ``share_fraction``, gets one of ``num_prefixes`` prefix ids, id ``j`` with
+    probability proportional to ``1 / (j + 1) ** zipf_s`` (0, the default: uniform), whose first ``prefix_tokens``
+    prompt tokens are shared by every request with that id. With ``prepend`` the shared prompt is put in front of
+    the drawn prompt; otherwise it is the drawn prompt's start, and a prompt shorter than ``prefix_tokens`` shares
+    all of its tokens (the prefix is cut to the prompt).
     """
 
     share_fraction: float
     num_prefixes: int
     prefix_tokens: int
+    zipf_s: float = 0.0
+    prepend: bool = False
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Multi-turn conversations (:func:`rlserve.workload.prefixes.sessions`): ``turns_mean`` turns per
+    conversation on average (geometric), ``think_time_s`` mean think time between an answer and the next turn.
+    The arrival process gives the conversations' start times at ``qps / turns_mean``, so requests still arrive at
+    ``qps`` on average. With ShareGPT lengths the recorded conversations are replayed whole (sampled with
+    replacement) and ``turns_mean``, optional there, defaults to their mean number of exchanges."""
+
+    think_time_s: float
+    turns_mean: float | None = None
+
+
+@dataclass(frozen=True)
+class MaxTokensConfig:
+    """What each client declares as ``max_tokens`` (the only output size a router may see).
+
+    - ``fixed``: every request declares ``tokens``;
+    - ``multiple``: ``ceil(factor * true output)`` (a client that knows roughly how long answers are);
+    - ``exact``: the true output length, an oracle no deployment has (results say so);
+    - ``trace``: the lengths file's ``max_tokens`` column.
+
+    Every kind is capped by the model length (``max_model_len - prompt``, as clients must: vLLM refuses longer
+    requests), and the true output is cut to the declared size (generation stops at ``max_tokens``).
+    """
+
+    kind: str = "fixed"
+    tokens: int | None = DEFAULT_MAX_TOKENS
+    factor: float | None = None
+
+    def source(self) -> str:
+        """The label results carry (:attr:`rlserve.workload.Workload.max_tokens_source`)."""
+        if self.kind == "fixed":
+            return f"fixed:{self.tokens}"
+        if self.kind == "multiple":
+            return f"multiple:{self.factor:g}"
+        return EXACT_SOURCE if self.kind == "exact" else "trace"
 
 
 @dataclass(frozen=True)
@@ -160,6 +217,8 @@ class WorkloadConfig:
     max_output_tokens: int | None = None
     max_total_tokens: int | None = None
     prefix: PrefixConfig | None = None
+    max_tokens: MaxTokensConfig = MaxTokensConfig()
+    sessions: SessionConfig | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
@@ -168,13 +227,21 @@ class WorkloadConfig:
         Relative paths are resolved against ``base_dir`` (the scenario file's folder) and must exist.
         """
         top = _section(d, where, "", ("arrival", "lengths"),
-                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix"))
+                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix",
+                        "max_tokens", "sessions"))
         arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
         lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
         prefix = top.get("prefix")
         if prefix is not None:
-            prefix_keys = tuple(f.name for f in dataclasses.fields(PrefixConfig))
-            prefix = PrefixConfig(**_section(prefix, where, "prefix.", prefix_keys, ()))
+            prefix = PrefixConfig(**_section(prefix, where, "prefix.", ("share_fraction", "num_prefixes",
+                                                                         "prefix_tokens"), ("zipf_s", "prepend")))
+        sessions = top.get("sessions")
+        if sessions is not None:
+            sessions = SessionConfig(**_section(sessions, where, "sessions.", ("think_time_s",), ("turns_mean",)))
+        max_tokens = MaxTokensConfig()
+        if top.get("max_tokens") is not None:
+            declared = _kinded(top["max_tokens"], where, "max_tokens.", MAX_TOKENS_KEYS)
+            max_tokens = MaxTokensConfig(**{"tokens": None, **declared})
         for key in ("path", "tokenizer"):
             if lens.get(key) is not None:
                 lens[key] = Path(base_dir) / Path(lens[key]).expanduser()
@@ -191,6 +258,8 @@ class WorkloadConfig:
             max_output_tokens=top.get("max_output_tokens"),
             max_total_tokens=top.get("max_total_tokens"),
             prefix=prefix,
+            max_tokens=max_tokens,
+            sessions=sessions,
         )
         _check_combination(cfg, where)
         return cfg
@@ -264,6 +333,20 @@ def _check_combination(cfg: WorkloadConfig, where: str) -> None:
         if lens.order == "sample":
             raise ConfigError(f"{where}: lengths.order must be sequential when arrival.kind is trace "
                               "(each row's lengths belong to its arrival time)")
+    if cfg.sessions is not None:
+        if cfg.prefix is not None:
+            raise ConfigError(f"{where}: give prefix or sessions, not both (a request has one shared prefix)")
+        if arr.kind not in ("poisson", "gamma", "constant"):
+            raise ConfigError(f"{where}: sessions start at arrival.qps / sessions.turns_mean, so arrival.kind must "
+                              f"be poisson, gamma or constant, not {arr.kind}")
+        if lens.kind in FILE_LOADERS and _order(cfg) == "sequential":
+            raise ConfigError(f"{where}: sessions draw each turn's lengths, so a lengths file must use order: sample")
+        if cfg.sessions.turns_mean is None and lens.kind != "sharegpt":
+            raise ConfigError(f"{where}: sessions.turns_mean is required unless lengths.kind is sharegpt (whose "
+                              "recorded conversations give the turns)")
+    if cfg.max_tokens.kind == "trace" and lens.kind != "trace":
+        raise ConfigError(f"{where}: max_tokens.kind trace reads the max_tokens column of a lengths file, so "
+                          f"lengths.kind must be trace, not {lens.kind}")
     if cfg.num_requests is None and (lens.kind not in FILE_LOADERS or _order(cfg) != "sequential"):
         raise ConfigError(f"{where}: num_requests is required unless the lengths file is taken in order")
 
@@ -275,39 +358,97 @@ def _order(cfg: WorkloadConfig) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(kind: str, path: Path, tokenizer: Path | None, mtime_ns: int, size: int) -> loaders.TokenTrace:
+def _load_cached(kind: str, path: Path, tokenizer: Path | None, mtime_ns: int, size: int,
+                 all_turns: bool = False) -> loaders.TokenTrace:
     """Load a lengths file once per version of it: RL training rebuilds workloads every episode."""
     if kind == "sharegpt":
-        return loaders.load_sharegpt_json(path, tokenizer)
+        return loaders.load_sharegpt_json(path, tokenizer, all_turns=all_turns)
     return FILE_LOADERS[kind](path)
 
 
-def load_lengths_file(cfg: LengthConfig) -> loaders.TokenTrace:
-    """The (cached, read-only) trace behind a file-based length config."""
+def load_lengths_file(cfg: LengthConfig, all_turns: bool = False) -> loaders.TokenTrace:
+    """The (cached, read-only) trace behind a file-based length config (``all_turns``: every exchange of each
+    ShareGPT conversation, for sessions)."""
     if cfg.path is None:
         raise ConfigError(f"lengths.kind {cfg.kind} needs a path")
     try:
         st = cfg.path.stat()
     except OSError:
         st = None  # the loader reports the missing file
-    return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0,
+                        all_turns)
 
 
-def build_workload(cfg: WorkloadConfig, seed: int) -> Workload:
-    """Draw the workload a config describes; the same config and seed give identical arrays."""
+def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = None) -> Workload:
+    """Draw the workload a config describes; the same config and seed give identical arrays.
+
+    ``max_model_len`` (the cluster's smallest context length, when known) caps the declared ``max_tokens`` at
+    ``max_model_len - prompt`` as a client must; the true output is then cut to the declared size.
+    """
     if not _is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     arrival_rng, length_rng, prefix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    trace = load_lengths_file(cfg.lengths) if cfg.lengths.kind in FILE_LOADERS else None
+    recorded = cfg.sessions is not None and cfg.lengths.kind == "sharegpt"
+    trace = load_lengths_file(cfg.lengths, all_turns=recorded) if cfg.lengths.kind in FILE_LOADERS else None
     n = cfg.num_requests if cfg.num_requests is not None else len(trace)  # type: ignore[arg-type]
-    prompt, output, trace_rows = _draw_lengths(cfg, n, length_rng, trace)
+    trace_rows: slice | None = None
+    if cfg.sessions is not None:
+        s = cfg.sessions
+        if recorded and trace is not None and trace.session_id is not None:
+            conversations = prefixes.recorded_conversations(trace.session_id, trace.prompt_tokens,
+                                                            trace.output_tokens, length_rng)
+            turns_mean = s.turns_mean or len(trace) / len(np.unique(trace.session_id))
+        else:
+            turns_mean = s.turns_mean or 1.0
+            conversations = prefixes.generated_conversations(
+                turns_mean, lambda k: _draw_lengths(cfg, k, length_rng, trace)[:2], prefix_rng)
+        starts = dataclasses.replace(cfg.arrival, qps=cfg.arrival.qps / turns_mean)  # type: ignore[operator]
+        arrival_s, prompt, output, prefix_id = prefixes.sessions(
+            n, s.think_time_s, cfg.max_total_tokens, conversations,
+            lambda k: _draw_arrivals(starts, k, arrival_rng, None, None), prefix_rng)
+    else:
+        prompt, output, trace_rows = _draw_lengths(cfg, n, length_rng, trace)
+        arrival_s = _draw_arrivals(cfg.arrival, n, arrival_rng, trace, trace_rows)
+        prefix_id = np.full(n, -1, np.int64)
+        if cfg.prefix is not None and cfg.prefix.share_fraction > 0:
+            c = cfg.prefix
+            prompt, prefix_id, _ = prefixes.shared_prompts(prompt, c.share_fraction, c.num_prefixes,
+                                                           c.prefix_tokens, c.zipf_s, c.prepend, prefix_rng)
+            _warn_cut_prefixes(c, prompt, prefix_id)
     prompt, output, _ = lengths.clip_lengths(
         prompt, output, max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
         max_total_tokens=cfg.max_total_tokens,
     )
-    arrival_s = _draw_arrivals(cfg.arrival, n, arrival_rng, trace, trace_rows)
-    prefix_id, prefix_tokens = _draw_prefixes(cfg.prefix, prompt, prefix_rng)
-    return Workload(arrival_s, prompt, output, prefix_id, prefix_tokens)
+    if cfg.sessions is not None:  # a turn's whole prompt lies on its conversation
+        prefix_tokens = prompt.copy()
+    elif cfg.prefix is not None:
+        prefix_tokens = np.where(prefix_id >= 0, np.minimum(cfg.prefix.prefix_tokens, prompt), 0).astype(np.int64)
+    else:
+        prefix_tokens = np.zeros(n, np.int64)
+    declared = declared_max_tokens(cfg.max_tokens, prompt, output, max_model_len,
+                                   None if trace is None or trace_rows is None else trace.max_tokens)
+    output = np.minimum(output, declared)
+    return Workload(arrival_s, prompt, output, prefix_id, prefix_tokens, declared, cfg.max_tokens.source())
+
+
+def declared_max_tokens(c: MaxTokensConfig, prompt: np.ndarray, output: np.ndarray, max_model_len: int | None,
+                        trace_column: np.ndarray | None = None) -> np.ndarray:
+    """Each request's declared ``max_tokens`` (see :class:`MaxTokensConfig`), capped by the model length."""
+    n = len(prompt)
+    if c.kind == "fixed":
+        declared = np.full(n, c.tokens, np.int64)
+    elif c.kind == "multiple":
+        declared = np.ceil(c.factor * output).astype(np.int64)
+    elif c.kind == "exact":
+        declared = output.copy()
+    else:
+        if trace_column is None:
+            raise ConfigError("max_tokens.kind trace needs a lengths file with a max_tokens column, taken in order "
+                              "(lengths.order: sequential)")
+        declared = np.asarray(trace_column[:n], np.int64)
+    if max_model_len is not None and c.kind != "exact":
+        declared = np.minimum(declared, np.maximum(max_model_len - prompt, 1))
+    return np.maximum(declared, 1)
 
 
 def _draw_lengths(
@@ -353,18 +494,10 @@ def _draw_arrivals(
     return arrivals.piecewise_poisson(c.rates_qps, c.segment_s, n, rng)  # type: ignore[arg-type]
 
 
-def _draw_prefixes(
-    c: PrefixConfig | None, prompt_tokens: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    n = len(prompt_tokens)
-    if c is None or c.share_fraction == 0:
-        return np.full(n, -1, np.int64), np.zeros(n, np.int64)
-    shared = rng.random(n) < c.share_fraction
-    prefix_id = np.where(shared, rng.integers(0, c.num_prefixes, n), -1).astype(np.int64)
-    prefix_tokens = np.where(shared, np.minimum(c.prefix_tokens, prompt_tokens), 0).astype(np.int64)
+def _warn_cut_prefixes(c: PrefixConfig, prompt_tokens: np.ndarray, prefix_id: np.ndarray) -> None:
+    shared = prefix_id >= 0
     cut = int(np.count_nonzero(shared & (prompt_tokens < c.prefix_tokens)))
     if cut > PREFIX_CUT_WARN_FRACTION * max(1, int(shared.sum())):
         warnings.warn(f"prefix.prefix_tokens={c.prefix_tokens} is longer than the prompt of {cut} of "
                       f"{int(shared.sum())} prefixed requests, whose shared prefix is cut to the prompt; "
                       "lower prefix_tokens if that is not intended", stacklevel=3)
-    return prefix_id, prefix_tokens

@@ -33,17 +33,20 @@ class TokenTrace:
     """Per-request token counts read from a file, in file order.
 
     ``arrival_s`` is ``None`` for formats without times (ShareGPT, a two-column Splitwise CSV); otherwise it
-    is non-decreasing seconds (Splitwise: as recorded; Azure: since the first row). The arrays are read-only
-    because loaded traces are cached and shared between workloads.
+    is non-decreasing seconds (Splitwise: as recorded; Azure: since the first row). ``max_tokens`` is the
+    clients' declared output cap where the file records one (a ``max_tokens`` column), else ``None``. The arrays
+    are read-only because loaded traces are cached and shared between workloads.
     """
 
     path: Path
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     arrival_s: np.ndarray | None = None
+    max_tokens: np.ndarray | None = None
+    session_id: np.ndarray | None = None  # conversation of each row (ShareGPT with all_turns), rows in order
 
     def __post_init__(self) -> None:
-        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s):
+        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s, self.max_tokens, self.session_id):
             if arr is not None:
                 arr.setflags(write=False)
 
@@ -144,18 +147,28 @@ def _check_times(path: Path, column: str, t: np.ndarray, raw: list[str], lines: 
 
 
 def load_splitwise_csv(path: str | Path) -> TokenTrace:
-    """Load a Vidur/Splitwise trace: ``num_prefill_tokens,num_decode_tokens`` and optional ``arrived_at`` (s)."""
+    """Load a Vidur/Splitwise trace: ``num_prefill_tokens,num_decode_tokens``, optional ``arrived_at`` (s) and
+    optional ``max_tokens`` (what each client declared; must be >= ``num_decode_tokens``)."""
     path = Path(path)
-    cols, lines = _read_csv(path, ["num_prefill_tokens", "num_decode_tokens"], ["arrived_at"])
+    cols, lines = _read_csv(path, ["num_prefill_tokens", "num_decode_tokens"], ["arrived_at", "max_tokens"])
     arrival_s = None
     if "arrived_at" in cols:
         raw = cols["arrived_at"]
         arrival_s = _check_times(path, "arrived_at", _numbers(path, "arrived_at", raw, lines), raw, lines)
+    output = _token_counts(path, "num_decode_tokens", cols["num_decode_tokens"], lines)
+    max_tokens = None
+    if "max_tokens" in cols:
+        max_tokens = _token_counts(path, "max_tokens", cols["max_tokens"], lines)
+        short = np.flatnonzero(max_tokens < output)
+        if len(short):
+            raise InputError(f"{path}: line {lines[short[0]]}: max_tokens {max_tokens[short[0]]} is below "
+                             f"num_decode_tokens {output[short[0]]} (generation stops at max_tokens)")
     return TokenTrace(
         path=path,
         prompt_tokens=_token_counts(path, "num_prefill_tokens", cols["num_prefill_tokens"], lines),
-        output_tokens=_token_counts(path, "num_decode_tokens", cols["num_decode_tokens"], lines),
+        output_tokens=output,
         arrival_s=arrival_s,
+        max_tokens=max_tokens,
     )
 
 
@@ -227,13 +240,18 @@ def _turn_text(path: Path, record: int, turn: object, want: str) -> str | None:
     return turn["value"] if turn["from"] == want else None
 
 
-def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | None = None) -> TokenTrace:
+def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | None = None,
+                       all_turns: bool = False) -> TokenTrace:
     """Load ShareGPT conversations: the first human turn is the prompt, the next gpt turn the output.
 
     ``tokenizer`` is a ``str -> int`` counter, a path to a local ``tokenizer.json``, or ``None`` for the
     :func:`estimate_tokens` estimate. Conversations without a human turn followed by a non-empty gpt turn
     are skipped, as benchmark clients do; a file where none qualifies is an error. Records are numbered
     from 1 in error messages.
+
+    With ``all_turns`` every human -> gpt exchange of a conversation is a row, in order (prompt = that human
+    message, output = the reply; a conversation ends at its first exchange with an empty side), and
+    ``session_id`` numbers the conversations: the multi-turn sessions of :mod:`rlserve.workload.prefixes`.
     """
     path = Path(path)
     count = tokenizer if callable(tokenizer) else (
@@ -250,19 +268,28 @@ def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | 
         raise InputError(f"{path}: expected a JSON list of conversations, found {type(data).__name__}")
     prompts: list[int] = []
     outputs: list[int] = []
+    sessions: list[int] = []
     for record, item in enumerate(data, start=1):
         turns = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(turns, list):
             raise InputError(f"{path}: record {record}: expected an object with a 'conversations' list")
-        prompt = output = None
+        prompt = None
         for turn in turns:
             if prompt is None:
                 prompt = _turn_text(path, record, turn, "human")
-            elif (output := _turn_text(path, record, turn, "gpt")) is not None:
+                continue
+            output = _turn_text(path, record, turn, "gpt")
+            if output is None:
+                continue
+            if not (prompt.strip() and output.strip()):
                 break
-        if prompt and prompt.strip() and output and output.strip():
             prompts.append(max(1, int(count(prompt))))
             outputs.append(max(1, int(count(output))))
+            sessions.append(record)
+            if not all_turns:
+                break
+            prompt = None
     if not prompts:
         raise InputError(f"{path}: no conversation has a human turn followed by a non-empty gpt turn")
-    return TokenTrace(path=path, prompt_tokens=np.array(prompts, np.int64), output_tokens=np.array(outputs, np.int64))
+    return TokenTrace(path=path, prompt_tokens=np.array(prompts, np.int64), output_tokens=np.array(outputs, np.int64),
+                      session_id=np.array(sessions, np.int64) if all_turns else None)
