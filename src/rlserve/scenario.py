@@ -109,10 +109,7 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     for key in ("cluster", "workload"):
         if not isinstance(doc.get(key), dict):
             raise ConfigError(f"{where}: missing or invalid '{key}' section (a mapping)")
-    try:
-        slo = Slo.from_dict(doc.get("slo"))
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: slo: {exc}") from exc
+    slo = Slo.from_dict(doc.get("slo"), f"{where}: slo")
     try:
         cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster")
     except TypeError as exc:
