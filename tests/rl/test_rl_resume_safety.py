@@ -12,7 +12,7 @@ from test_rl_ppo import _cfg
 
 from rlserve.errors import BackendError, ConfigError, InputError
 from rlserve.rl.checkpoints import load_checkpoint, save_checkpoint
-from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter
+from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, TensorBoardWriter
 from rlserve.rl.ppo import train
 
 
@@ -93,6 +93,25 @@ def test_csv_and_parquet_rows_after_the_last_checkpoint_are_not_duplicated(tmp_p
         else:
             steps = [str(int(s)) for s in pq.read_table(path).column("step").to_pylist()]
         assert steps == ["1", "2", "3", "4", "5", "6"], writer_cls
+
+
+def test_tensorboard_events_after_the_last_checkpoint_are_purged_on_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = Logger([TensorBoardWriter(tmp_path / "tb")])
+    for step in range(1, 6):
+        log.record("x", step)
+        log.dump(step)
+    log.close()
+    log = Logger([TensorBoardWriter(tmp_path / "tb")])
+    log.discard_after(3)
+    for step in (4, 5, 6):
+        log.record("x", step * 10)
+        log.dump(step)
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("x")] == [(1, 1), (2, 2), (3, 3), (4, 40), (5, 50), (6, 60)]
 
 
 def test_parquet_metrics_reach_the_disk_before_close(tmp_path):

@@ -179,3 +179,12 @@ async def test_half_sent_heads_are_closed_and_half_sent_bodies_time_out() -> Non
         answer = await asyncio.wait_for(reader.read(4096), 5)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    from rlserve.errors import ConfigError
+
+    async with fakes(1) as (server,), proxy_over([server]) as first:
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            async with proxy_over([server], port=first.port):
+                pass

@@ -202,7 +202,8 @@ class TensorBoardWriter:
     def __init__(self, log_dir: str | Path, rename: Mapping[str, str] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = str(log_dir)
+        self.writer = SummaryWriter(log_dir=self.log_dir)
         self.rename = sorted((rename or {}).items(), key=lambda kv: -len(kv[0]))
 
     def tag(self, key: str) -> str:
@@ -224,6 +225,13 @@ class TensorBoardWriter:
     def close(self) -> None:
         """Close the event file."""
         self.writer.close()
+
+    def discard_after(self, step: int) -> None:
+        """Start a new event file that tells TensorBoard to drop the events after ``step`` (its purge marker)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=step + 1)
 
 
 class Logger:

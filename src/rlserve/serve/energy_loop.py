@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,10 @@ class EnergyLoop:
             finally:
                 self.gpu.stop()
                 if self._cap is not None and self._cap != initial_cap:
-                    self.admin.set_concurrency_cap(self.replica, initial_cap)
-                    self._cap = None
+                    try:
+                        self.admin.set_concurrency_cap(self.replica, initial_cap)
+                        self._cap = None
+                    except BackendError as exc:  # the proxy is gone (its caps went with it): say so, keep the cause
+                        warnings.warn(f"could not give replica {self.replica} its cap {initial_cap} back: {exc}",
+                                      stacklevel=2)
         return self.decisions
