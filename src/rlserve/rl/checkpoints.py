@@ -17,9 +17,6 @@ generator and any ``numpy.random.Generator`` objects the trainer owns (environme
 
 from __future__ import annotations
 
-import glob
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ import numpy as np
 import torch
 
 from rlserve.errors import ConfigError, InputError
+from rlserve.outputs import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -37,22 +35,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any], *, kind: str) 
 
     ``kind`` names what the checkpoint is for (``"ppo_router"``, ``"dqn_energy"``) and is checked on load.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer killed mid-write
-        stale.unlink(missing_ok=True)
     data = {"format_version": FORMAT_VERSION, "kind": kind, **payload}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save(data, f))
 
 
 def load_checkpoint(path: str | Path, *, kind: str) -> dict[str, Any]:

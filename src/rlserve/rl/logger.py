@@ -23,7 +23,7 @@ the files first, so every step appears once. The Parquet writer rewrites its fil
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -33,6 +33,7 @@ from typing import IO, Protocol
 import numpy as np
 
 from rlserve.errors import InputError
+from rlserve.outputs import write_atomic, write_text_atomic
 
 
 class Writer(Protocol):
@@ -124,10 +125,9 @@ class CSVWriter:
         kept = rows[:1] + [r for r in rows[1:] if r and _step_of(r[0]) <= step]
         if len(kept) == len(rows):
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        write_text_atomic(self.path, text.getvalue())
 
 
 def _step_of(cell: str) -> float:
@@ -177,10 +177,8 @@ class ParquetWriter:
 
         names = ["step", *(self.fieldnames or [])]
         cols = {k: pa.array([r.get(k) for r in self.rows], type=pa.float64()) for k in names}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        pq.write_table(pa.table(cols), str(tmp))
-        os.replace(tmp, self.path)
+        table = pa.table(cols)
+        write_atomic(self.path, lambda f: pq.write_table(table, f))
 
     def discard_after(self, step: int) -> None:
         """Drop the rows of steps after ``step`` (a resumed run logs them again)."""
