@@ -99,13 +99,15 @@ def prepare_scenario(scenario: str, num_requests: int | None = None, qps: float 
     return scn
 
 
-def run_router(scn: Scenario, router_spec: str, seed: int, progress: Progress | None = None) -> SimResult:
-    """Simulate ``scn`` with seed ``seed`` routed by ``router_spec``; advances ``progress`` per request."""
+def run_router(scn: Scenario, router_spec: str, seed: int, progress: Progress | None = None, *,
+               timeline: bool = False) -> SimResult:
+    """Simulate ``scn`` with seed ``seed`` routed by ``router_spec``; advances ``progress`` per request
+    (``timeline``: record the per-iteration timeline in the result)."""
     from rlserve.policies import make_router
 
     router = make_router(router_spec, seed=seed)
     workload = scn.build_workload(seed)
-    sim = ClusterSimulator(scn.cluster, workload, seed=seed)
+    sim = ClusterSimulator(scn.cluster, workload, seed=seed, timeline=timeline)
     task = progress.add_task(f"{router_spec} seed {seed}", total=len(workload)) if progress else None
     chunk = 2000
     for start in range(0, len(workload), chunk):

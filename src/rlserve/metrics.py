@@ -133,6 +133,33 @@ def distribution(values: Iterable[float] | np.ndarray, percentiles: Iterable[flo
     return out
 
 
+def weighted_distribution(values: np.ndarray, weights: np.ndarray,
+                          percentiles: Iterable[float] = DEFAULT_PERCENTILES) -> dict[str, float]:
+    """:func:`distribution` of ``values`` where value ``i`` occurs ``weights[i]`` times (the inverted-CDF
+    percentile: the smallest value with at least q% of the weight at or below it)."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    keep = np.isfinite(v) & (w > 0)
+    v, w = v[keep], w[keep]
+    qs = list(percentiles)
+    keys = ["mean", "std", "min", "max", "median"] + [f"p{q:g}" for q in qs]
+    if v.size == 0:
+        return dict.fromkeys(keys, float("nan"))
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cum = np.cumsum(w)
+    total = cum[-1]
+
+    def pct(q: float) -> float:
+        return float(v[min(int(np.searchsorted(cum, q / 100.0 * total - 1e-9 * total)), v.size - 1)])
+
+    mean = float(np.dot(v, w) / total)
+    out = {"mean": mean, "std": float(np.sqrt(np.dot(w, (v - mean) ** 2) / total)), "min": float(v[0]),
+           "max": float(v[-1]), "median": pct(50.0)}
+    out.update({f"p{q:g}": pct(q) for q in qs})
+    return out
+
+
 def mean_ci95(samples: Iterable[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% Student-t confidence interval (0 for one sample)."""
     x = np.asarray(list(samples), dtype=np.float64)
@@ -167,6 +194,7 @@ class Summary:
     energy_per_output_token_j: float | None = None
     energy_per_token_j: float | None = None  # per prompt + output token
     extra: dict[str, Any] | None = None  # world-specific aggregates (KV usage, utilisation, monitors...)
+    itl_s: dict[str, float] | None = None  # per-token inter-token latency (gaps between consecutive tokens)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -174,8 +202,13 @@ class Summary:
 
 
 def summarize(records: RequestRecords, slo: Slo, *, num_replicas: int, energy_j: float | None = None,
-              percentiles: Iterable[float] = DEFAULT_PERCENTILES, extra: dict[str, Any] | None = None) -> Summary:
-    """Aggregate per-request records into a :class:`Summary` (energy per token uses the given total energy)."""
+              percentiles: Iterable[float] = DEFAULT_PERCENTILES, extra: dict[str, Any] | None = None,
+              itl: tuple[np.ndarray, np.ndarray] | None = None) -> Summary:
+    """Aggregate per-request records into a :class:`Summary` (energy per token uses the given total energy).
+
+    ``itl`` = (gaps in seconds, how many tokens had each gap): every inter-token gap of the run, so that
+    iteration time hidden behind prefill stalls shows in the ITL tail (TPOT, a per-request mean, hides it).
+    """
     qs = tuple(percentiles)
     done = records.finished
     n_done = int(done.sum())
@@ -208,4 +241,5 @@ def summarize(records: RequestRecords, slo: Slo, *, num_replicas: int, energy_j:
         energy_per_output_token_j=(energy_j / out_tok) if energy_j is not None and out_tok else None,
         energy_per_token_j=(energy_j / all_tok) if energy_j is not None and all_tok else None,
         extra=extra,
+        itl_s=weighted_distribution(itl[0], itl[1], qs) if itl is not None else None,
     )

@@ -28,12 +28,13 @@ import yaml
 
 from rlserve.errors import ConfigError, InputError
 from rlserve.metrics import Slo
+from rlserve.perf.config import PerfConfig
 from rlserve.sim.config import ClusterConfig
 from rlserve.workload import WorkloadConfig, build_workload
 from rlserve.workload.request import Workload
 
 SCENARIO_DIR = Path(__file__).parent / "configs" / "scenarios"
-_KEYS = {"name", "description", "cluster", "workload", "slo"}
+_KEYS = {"name", "description", "cluster", "workload", "slo", "perf"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,12 @@ class Scenario:
         return dataclasses.replace(self, workload=dataclasses.replace(self.workload, num_requests=n))
 
     def with_qps(self, qps: float) -> Scenario:
-        """The same scenario at another mean arrival rate (Poisson/gamma/constant arrivals)."""
+        """The same scenario at another mean arrival rate (Poisson/gamma/constant arrivals; trace arrivals are
+        rescaled in time so that their mean rate is ``qps``)."""
         arrival = self.workload.arrival
+        if arrival.kind == "trace":
+            arrival = dataclasses.replace(arrival, qps=float(qps), time_scale=None)
+            return dataclasses.replace(self, workload=dataclasses.replace(self.workload, arrival=arrival))
         if not hasattr(arrival, "qps") or arrival.qps is None:
             raise ConfigError(f"scenario {self.name!r}: arrival kind {arrival.kind!r} has no qps to change")
         return dataclasses.replace(self, workload=dataclasses.replace(
@@ -111,7 +116,8 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
             raise ConfigError(f"{where}: missing or invalid '{key}' section (a mapping)")
     slo = Slo.from_dict(doc.get("slo"), f"{where}: slo")
     try:
-        cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster")
+        perf = PerfConfig.from_dict(doc.get("perf"), where=f"{where}: perf", base_dir=base_dir)
+        cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster", base_dir=base_dir, perf=perf)
     except TypeError as exc:
         raise ConfigError(f"{where}: cluster: {exc}") from exc
     workload = WorkloadConfig.from_dict(doc["workload"], where=f"{where}: workload", base_dir=Path(base_dir))

@@ -128,6 +128,28 @@ def test_multi_step_jumps_equal_single_steps(seed: int, batching: str, kv_blocks
     np.testing.assert_array_equal(fast.records.preemptions, slow.records.preemptions)
     np.testing.assert_array_equal(fast.records.replica, slow.records.replica)
     assert fast.energy_j == pytest.approx(slow.energy_j, rel=1e-9)
+    gaps_fast, gaps_slow = (_expanded_itl(r) for r in (fast, slow))
+    np.testing.assert_allclose(gaps_fast, gaps_slow, rtol=1e-9, atol=1e-12)
+
+
+def _expanded_itl(result) -> np.ndarray:
+    gaps, weights = result.itl()
+    return np.sort(np.repeat(gaps, weights.astype(np.int64)))
+
+
+@pytest.mark.parametrize("batching", ["prefill_priority", "chunked"])
+def test_itl_gaps_add_up_to_each_requests_decode_time(batching: str) -> None:
+    """Without preemptions, every token after the first has exactly one gap: the gaps of a run sum to the time
+    between first and last token summed over requests, and there is one gap per such token."""
+    w = random_workload(np.random.default_rng(3), 200, qps=40.0)
+    res = run(cluster(2, batching=batching, max_num_seqs=32, max_num_batched_tokens=2048), w, kv_blocks=100_000)
+    assert res.records.preemptions.sum() == 0
+    gaps, weights = res.itl()
+    rec = res.records
+    assert weights.sum() == (rec.output_tokens - 1).sum()
+    assert float(np.dot(gaps, weights)) == pytest.approx(float(np.sum(rec.finish_s - rec.first_token_s)), rel=1e-9)
+    summary = res.summary()
+    assert summary.itl_s is not None and summary.itl_s["p99"] >= summary.itl_s["p50"] > 0
 
 
 @settings(max_examples=20, deadline=None)
@@ -237,3 +259,30 @@ def test_run_gives_a_router_the_queue_views_it_asks_for() -> None:
     router = QueueReader()
     sim.run(router)
     assert router.longest == 3
+
+
+def test_padded_prefill_budget_counts_requests_times_the_longest_prompt() -> None:
+    """Vidur's vLLM scheduler pads every prompt of a prefill batch to the longest; 600 + 100 fit a 1000-token
+    budget summed, not padded (2 x 600), so the second request waits one iteration."""
+    # a one-token request runs first so that both others are waiting at the next iteration boundary
+    w = Workload.from_arrays(np.array([0.0, 0.001, 0.001]), np.array([50, 600, 100]), np.array([1, 5, 5]))
+    kw = dict(batching="prefill_priority", max_num_batched_tokens=1000, max_num_seqs=8)
+    summed = run(cluster(1, **kw), w).records
+    padded = run(cluster(1, prefill_budget="padded", **kw), w).records
+    assert summed.first_token_s[1] == summed.first_token_s[2]
+    assert padded.first_token_s[2] > padded.first_token_s[1]  # a batch of its own after the 600-token one
+    assert padded.first_scheduled_s[2] > padded.first_scheduled_s[1] == summed.first_scheduled_s[1]
+
+
+def test_chunked_watermark_keeps_blocks_free_only_when_asked() -> None:
+    """With 100 blocks of 16 and a 10% watermark, a second 1,400-token prompt (88 blocks) is admitted
+    at the next iteration boundary without the watermark in chunked mode but must wait for the first request
+    with it."""
+    w = Workload.from_arrays(np.array([0.0, 0.0]), np.array([160, 1400]), np.array([3, 3]))
+    kw = dict(batching="chunked", max_num_batched_tokens=4096, block_size=16, watermark=0.1)
+    free = run(cluster(1, **kw), w, kv_blocks=100).records
+    kept = run(cluster(1, chunked_watermark=True, **kw), w, kv_blocks=100).records
+    assert free.first_scheduled_s[1] == free.first_token_s[0] < free.finish_s[0]  # the next boundary
+    assert kept.first_scheduled_s[1] >= kept.finish_s[0]
+    with pytest.raises(ConfigError, match="prefill_budget"):
+        ReplicaConfig(prefill_budget="max")

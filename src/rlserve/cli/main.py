@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rlserve.cli import (
+    calibrate_cmds,  # noqa: F401  (registers calibrate)
     energy_cmds,  # noqa: F401  (registers train/evaluate energy, energy run/sweep)
     router_cmds,  # noqa: F401  (registers train/evaluate router)
     serve_cmds,  # noqa: F401  (registers serve)

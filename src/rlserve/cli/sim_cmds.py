@@ -64,16 +64,22 @@ def simulate(
     num_requests: NumRequestsOpt = None,
     qps: QpsOpt = None,
     batching: BatchingOpt = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write requests.parquet, summary.json "
-                                                "and latency_cdf.png here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write requests.parquet, summary.json, "
+                                                "timeline.parquet and latency_cdf.png here.")] = None,
+    chrome_trace: Annotated[bool, typer.Option(help="With --output: also trace.json, the per-iteration "
+                                               "timeline for chrome://tracing or Perfetto.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="With --output: 'rlserve' (default) or 'vidur' (also "
+                                     "request_metrics.csv in Vidur's column names).")] = "rlserve",
 ) -> None:
     """Simulate one scenario with one router and print its summary."""
     if output is not None:
         check_output_directory(output, "--output")
+    if fmt not in ("rlserve", "vidur"):
+        raise ConfigError(f"--format must be 'rlserve' or 'vidur', got {fmt!r}")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     t0 = time.perf_counter()
     with _progress() as progress:
-        result = run_router(scn, router, seed, progress)
+        result = run_router(scn, router, seed, progress, timeline=output is not None)
     wall_s = time.perf_counter() - t0
     summary = result.summary(scn.slo)
     console.print(summary_table(f"{scn.name} (seed {seed}, {summary.num_requests} requests, "
@@ -87,6 +93,16 @@ def simulate(
         meta = {"scenario": scn.name, "router": router, "seed": seed, "wall_s": wall_s,
                 "max_tokens": scn.workload.max_tokens.source()}
         paths = save_run(output, result.records, summary, meta, label=router)
+        from rlserve.report.timeline import write_chrome_trace, write_timeline_parquet
+
+        rows = result.timeline or ()
+        paths["timeline"] = write_timeline_parquet(rows, Path(output) / "timeline.parquet")
+        if chrome_trace:
+            paths["trace"] = write_chrome_trace(rows, Path(output) / "trace.json")
+        if fmt == "vidur":
+            from rlserve.report.vidur import write_request_metrics
+
+            paths["vidur"] = write_request_metrics(result.records, Path(output) / "request_metrics.csv")
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -36,6 +36,10 @@ class GpuCalibration:
     allreduce_latency_s: float  # per all-reduce call, small messages (tensor parallel)
     link_efficiency: float  # achieved fraction of the per-direction link bandwidth in ring all-reduce
     source: str  # one line: where these numbers come from
+    # optional refinements (None = the general value above); set from a scenario's perf: section or a calibration
+    eff_compute_linear_decode: float | None = None  # GEMMs in decode-only iterations (else eff_compute_linear)
+    eff_compute_attn_decode: float | None = None  # decode attention compute (else eff_compute_attn)
+    allreduce_bandwidth_gbps: float | None = None  # achieved all-reduce GB/s (else link x link_efficiency)
 
 
 @dataclass(frozen=True, slots=True)

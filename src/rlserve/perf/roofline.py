@@ -63,7 +63,8 @@ class ReplicaPerfModel:
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int = 1, sm_clock_mhz: float | None = None, *,
                  iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
-                 per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S) -> None:
+                 per_seq_overhead_s: float = DEFAULT_PER_SEQ_OVERHEAD_S,
+                 frontend_latency_s: float = 0.0, frontend_per_inflight_s: float = 0.0) -> None:
         tp = _positive_int(tp, "tensor parallel degree", ConfigError)
         if model.num_heads % tp:
             raise ConfigError(f"{model.name}: {model.num_heads} attention heads cannot be split over tp={tp}; "
@@ -71,13 +72,18 @@ class ReplicaPerfModel:
         kvh = model.num_kv_heads
         if (kvh >= tp and kvh % tp) or (kvh < tp and tp % kvh):
             raise ConfigError(f"{model.name}: {kvh} KV heads cannot be split or replicated over tp={tp}")
-        if iteration_overhead_s < 0 or per_seq_overhead_s < 0:
-            raise ConfigError("iteration_overhead_s and per_seq_overhead_s must be >= 0")
+        if min(iteration_overhead_s, per_seq_overhead_s, frontend_latency_s, frontend_per_inflight_s) < 0:
+            raise ConfigError("iteration_overhead_s, per_seq_overhead_s, frontend_latency_s and "
+                              "frontend_per_inflight_s must be >= 0")
         self.gpu = gpu
         self.model = model
         self.tp = tp
         self.iteration_overhead_s = float(iteration_overhead_s)
         self.per_seq_overhead_s = float(per_seq_overhead_s)
+        # outside the engine (HTTP, detokenise, stream): the simulator adds base + slope x requests in flight at
+        # arrival to TTFT and E2E; it occupies no engine time
+        self.frontend_latency_s = float(frontend_latency_s)
+        self.frontend_per_inflight_s = float(frontend_per_inflight_s)
         self.idle_power_w = gpu.idle_power_w * tp
         self.max_power_w = gpu.max_power_w * tp
         self._init_work()
@@ -122,6 +128,10 @@ class ReplicaPerfModel:
         bw = g.mem_bandwidth_gbps * 1e9 * mem_scale
         r_lin = g.peak_tflops * 1e12 * cal.eff_compute_linear * xc
         r_att = g.peak_tflops * 1e12 * cal.eff_compute_attn * xc
+        eff_lin_dec = cal.eff_compute_linear if cal.eff_compute_linear_decode is None else cal.eff_compute_linear_decode
+        eff_att_dec = cal.eff_compute_attn if cal.eff_compute_attn_decode is None else cal.eff_compute_attn_decode
+        r_lin_dec = g.peak_tflops * 1e12 * eff_lin_dec * xc
+        r_att_dec = g.peak_tflops * 1e12 * eff_att_dec * xc
         bw_lin, bw_att, bw_el = bw * cal.eff_mem_linear, bw * cal.eff_mem_attn, bw * cal.eff_mem_elementwise
         # powers are affine in the clock power factor c = x V(x)^2 of the clock a part runs at (all TP GPUs)
         self._x, self._xc = x, xc
@@ -136,17 +146,21 @@ class ReplicaPerfModel:
                                                  self._lin_act_bytes_tok / bw_lin)
         self._lm_c, self._lm_w, self._lm_a = (self._lm_flops_seq / r_lin, self._lm_weight_bytes / bw_lin,
                                               self._lm_act_bytes_seq / bw_lin)
+        # decode-only iterations: their own GEMM efficiency (small-M GEMMs reach less of the peak)
+        self._lin_c_dec, self._lm_c_dec = self._lin_flops_tok / r_lin_dec, self._lm_flops_seq / r_lin_dec
         self._el = self._elem_bytes_tok / bw_el
         self._ap_c = self._attn_flops_pair / r_att
         self._ap_kv = self._attn_kv_bytes_tok / bw_att
         self._ap_qo = self._attn_qo_bytes_tok / bw_att
-        link = g.link_bandwidth_gbps * 1e9 * cal.link_efficiency
+        link = (g.link_bandwidth_gbps * cal.link_efficiency if cal.allreduce_bandwidth_gbps is None
+                else cal.allreduce_bandwidth_gbps) * 1e9
         self._ar0 = self._ar_calls * cal.allreduce_latency_s
         self._ar1 = self._ar_bytes_tok / link if self._ar_calls else 0.0
         self._fixed = self.model.num_layers * cal.layer_overhead_s + self.iteration_overhead_s
         # decode attention: compute and memory both proportional to S, so its cost per context token is exact
-        self._t1 = max(self._ap_c, self._ap_kv)
-        self._e1 = self._energy(self._t1, self._ap_c, self._ap_kv)
+        ap_c_dec = self._attn_flops_pair / r_att_dec
+        self._t1 = max(ap_c_dec, self._ap_kv)
+        self._e1 = self._energy(self._t1, ap_c_dec, self._ap_kv)
         self._decode_cache.clear()
         t0, t1, _, _ = self.decode_coeffs(1)
         self.decode_tokens_per_s = 1.0 / (t0 + t1 * CAPABILITY_DECODE_CONTEXT)
@@ -179,14 +193,15 @@ class ReplicaPerfModel:
             return self._pa0 * t + self._pm0 * t_mem + c * (self._pa1 * t + self._pc1 * t_compute + self._pm1 * t_mem)
         return pa * t + pc * t_compute + pm * t_mem
 
-    def _parts(self, tokens: int, seqs: int) -> tuple[tuple[str, float, float, float], ...]:
+    def _parts(self, tokens: int, seqs: int, decode_only: bool) -> tuple[tuple[str, float, float, float], ...]:
         """(name, time, compute-busy time, memory-busy time) of every part that does not depend on S.
 
         The reference for :meth:`breakdown`; :meth:`_fixed_cost` is the same arithmetic inlined for speed
         (tests/perf checks that breakdowns add up to step_cost).
         """
-        lin_c, lin_m = tokens * self._lin_c, self._lin_w + tokens * self._lin_a
-        lm_c, lm_m = seqs * self._lm_c, self._lm_w + seqs * self._lm_a
+        lin, lm = (self._lin_c_dec, self._lm_c_dec) if decode_only else (self._lin_c, self._lm_c)
+        lin_c, lin_m = tokens * lin, self._lin_w + tokens * self._lin_a
+        lm_c, lm_m = seqs * lm, self._lm_w + seqs * self._lm_a
         el = tokens * self._el
         ar_m = tokens * self._ar1
         fixed = self._fixed + seqs * self.per_seq_overhead_s
@@ -194,13 +209,14 @@ class ReplicaPerfModel:
                 ("elementwise", el, 0.0, el), ("allreduce", self._ar0 + ar_m, 0.0, ar_m),
                 ("overhead", fixed, 0.0, 0.0))
 
-    def _fixed_cost(self, tokens: int, seqs: int) -> tuple[float, float]:
+    def _fixed_cost(self, tokens: int, seqs: int, decode_only: bool) -> tuple[float, float]:
         """(seconds, joules) of all parts that do not depend on S: :meth:`_parts`, summed, without the calls."""
         energy = self._energy
-        tc, tm = tokens * self._lin_c, self._lin_w + tokens * self._lin_a
+        lin, lm = (self._lin_c_dec, self._lm_c_dec) if decode_only else (self._lin_c, self._lm_c)
+        tc, tm = tokens * lin, self._lin_w + tokens * self._lin_a
         t_lin = tc if tc > tm else tm
         e = energy(t_lin, tc, tm)
-        tc, tm = seqs * self._lm_c, self._lm_w + seqs * self._lm_a
+        tc, tm = seqs * lm, self._lm_w + seqs * self._lm_a
         t_lm = tc if tc > tm else tm
         e += energy(t_lm, tc, tm)
         streaming = tokens * (self._el + self._ar1)  # elementwise kernels + all-reduce transfers
@@ -239,7 +255,7 @@ class ReplicaPerfModel:
         c = self._decode_cache.get(batch_size)
         if c is None:
             b = _positive_int(batch_size, "decode batch size", InputError)  # plain int: results stay floats
-            t0, e0 = self._fixed_cost(b, b)
+            t0, e0 = self._fixed_cost(b, b, True)
             c = self._decode_cache[batch_size] = (t0, self._t1, e0, self._e1)
         return c
 
@@ -261,7 +277,7 @@ class ReplicaPerfModel:
             ta = tc if tc > tm else tm
             t += ta
             e += energy(ta, tc, tm)
-        tf, ef = self._fixed_cost(tokens, num_decode + len(prefill))
+        tf, ef = self._fixed_cost(tokens, num_decode + len(prefill), False)
         t += tf
         e += ef
         return t, min(e, self.max_power_w * t)
@@ -272,7 +288,7 @@ class ReplicaPerfModel:
         """Per-part (seconds, joules) of the same iteration as :meth:`step_cost` (for docs and calibration)."""
         tokens = num_decode + sum(n for n, _ in prefill)
         parts = {name: (t, self._energy(t, tc, tm))
-                 for name, t, tc, tm in self._parts(tokens, num_decode + len(prefill))}
+                 for name, t, tc, tm in self._parts(tokens, num_decode + len(prefill), not prefill)}
         ta = ea = 0.0
         for n, c in prefill:
             t, tc, tm = self._prefill_attention(n, c)

@@ -32,6 +32,10 @@ from rlserve.workload.request import Request, Workload
 if TYPE_CHECKING:
     from rlserve.policies.base import Router
 
+TIMELINE_COLUMNS = ("replica", "start_s", "duration_s", "steps", "batch_size", "prefill_tokens", "decode_tokens",
+                    "kv_blocks_used", "preemptions_total")
+"""One row per iteration; a decode run of ``steps`` identical-batch iterations is one row (its decode tokens are
+batch x steps). ``kv_blocks_used`` is after the row, ``preemptions_total`` the replica's count so far."""
 _END_OF_TIME = 1e300  # finite, so that an idle replica (busy_until = inf) is never "due"
 
 
@@ -40,9 +44,11 @@ def build_perf_model(cfg: ReplicaConfig) -> PerfModel:
     from pathlib import Path
 
     from rlserve.perf import ReplicaPerfModel, get_gpu, get_model, load_hf_config
+    from rlserve.perf.config import apply_knobs
 
     model = load_hf_config(cfg.model) if Path(cfg.model).suffix == ".json" else get_model(cfg.model)
-    return ReplicaPerfModel(get_gpu(cfg.gpu), model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz)
+    gpu, engine = apply_knobs(get_gpu(cfg.gpu), cfg.perf)
+    return ReplicaPerfModel(gpu, model, tp=cfg.tp, sm_clock_mhz=cfg.sm_clock_mhz, **engine)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class SimResult:
     replica_stats: tuple[ReplicaStats, ...]
     duration_s: float
     rejected: int
+    itl_runs: tuple[tuple[float, float, int, int], ...] = ()  # (first gap, increment, steps, tokens per step)
+    timeline: tuple[tuple[int, float, float, int, int, int, int, int, int], ...] | None = None  # TIMELINE_COLUMNS
 
     @property
     def energy_j(self) -> float:
@@ -87,14 +95,24 @@ class SimResult:
             / max(int(self.records.prompt_tokens[self.records.finished].sum()), 1),
         }
         return summarize(self.records, slo or Slo(), num_replicas=len(self.replica_stats),
-                         energy_j=self.energy_j, percentiles=percentiles, extra=extra)
+                         energy_j=self.energy_j, percentiles=percentiles, extra=extra, itl=self.itl())
+
+    def itl(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every per-token inter-token gap of the run: (gap seconds, number of tokens with that gap)."""
+        if not self.itl_runs:
+            return np.zeros(0), np.zeros(0)
+        runs = np.asarray(self.itl_runs, dtype=np.float64)
+        steps = runs[:, 2].astype(np.int64)
+        j = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps) - steps, steps)
+        return np.repeat(runs[:, 0], steps) + np.repeat(runs[:, 1], steps) * j, np.repeat(runs[:, 3], steps)
 
 
 class ClusterSimulator:
     """Discrete-event simulation of a vLLM cluster driven one arrival at a time (see module docstring)."""
 
     def __init__(self, cluster: ClusterConfig, workload: Workload, *, seed: int = 0,
-                 perf_models: Sequence[PerfModel] | None = None, exact_steps: bool = False) -> None:
+                 perf_models: Sequence[PerfModel] | None = None, exact_steps: bool = False,
+                 timeline: bool = False) -> None:
         if perf_models is not None and len(perf_models) != len(cluster.replicas):
             raise ConfigError(f"got {len(perf_models)} perf models for {len(cluster.replicas)} replicas")
         self.cluster = cluster
@@ -104,7 +122,7 @@ class ClusterSimulator:
             workload.arrival_s.tolist(), workload.prompt_tokens.tolist(), workload.output_tokens.tolist(),
             workload.prefix_id.tolist(), workload.prefix_tokens.tolist(), workload.max_tokens.tolist())
         perfs = list(perf_models) if perf_models is not None else [build_perf_model(c) for c in cluster.replicas]
-        self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps)
+        self.replicas = [Replica(i, c, p, self.table, exact_steps=exact_steps, timeline=timeline)
                          for i, (c, p) in enumerate(zip(cluster.replicas, perfs, strict=True))]
         self.num_replicas = len(self.replicas)
         # What a proxy would know about cached prefixes: the same bounded index the proxy keeps, over prefix ids.
@@ -236,10 +254,16 @@ class ClusterSimulator:
         """Per-request outcomes so far (NaN where not yet known)."""
         t = self.table
         w = self.workload
+        replica = np.asarray(t.replica, np.int64)
+        # time outside the engine (HTTP, tokenisation, streaming back) delays what the client sees: a base plus a
+        # share per request already in flight at the replica (a frontend busy with other streams)
+        base = np.array([getattr(r.perf, "frontend_latency_s", 0.0) for r in self.replicas] + [0.0])[replica]
+        slope = np.array([getattr(r.perf, "frontend_per_inflight_s", 0.0) for r in self.replicas] + [0.0])[replica]
+        frontend = base + slope * np.asarray(t.inflight, dtype=np.float64)
         return RequestRecords(
             arrival_s=w.arrival_s, prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
-            replica=np.asarray(t.replica, np.int64), first_scheduled_s=np.asarray(t.first_sched),
-            first_token_s=np.asarray(t.first_token), finish_s=np.asarray(t.finish),
+            replica=replica, first_scheduled_s=np.asarray(t.first_sched),
+            first_token_s=np.asarray(t.first_token) + frontend, finish_s=np.asarray(t.finish) + frontend,
             preemptions=np.asarray(t.preemptions, np.int64), energy_j=np.asarray(t.energy))
 
     def finish(self) -> SimResult:
@@ -264,7 +288,10 @@ class ClusterSimulator:
                 prefix_hit_tokens=r.prefix_hit_tokens))
         self.now = end
         return SimResult(records=records, replica_stats=tuple(stats), duration_s=end - start,
-                         rejected=sum(r.rejected for r in self.replicas))
+                         rejected=sum(r.rejected for r in self.replicas),
+                         itl_runs=tuple(run for r in self.replicas for run in r.itl_runs),
+                         timeline=(tuple(sorted(row for r in self.replicas for row in r.timeline or ()))
+                                   if self.replicas and self.replicas[0].timeline is not None else None))
 
 
 def simulate(cluster: ClusterConfig, workload: Workload, router: Router, *, seed: int = 0,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from rlserve.errors import ConfigError
+from rlserve.perf.config import PerfConfig
 from rlserve.validation import parse_config
 
 Batching = Literal["chunked", "prefill_priority"]
@@ -37,12 +39,19 @@ class ReplicaConfig:
     enable_prefix_caching: bool = False  # vLLM V1 turns it on by default; prefix scenarios set it
     concurrency_cap: int | None = None  # admission cap (energy controller); None = max_num_seqs
     max_model_len: int = 16384
+    # semantics of other tools, off by default (docs/simulator.md): Vidur's vLLM scheduler counts a prefill batch
+    # as (requests x longest prompt) against the token budget; vLLM V0's chunked prefill keeps the watermark free
+    prefill_budget: Literal["sum", "padded"] = "sum"
+    chunked_watermark: bool = False
+    perf: PerfConfig = field(default_factory=PerfConfig)  # perf-model knobs and calibration file
 
     def __post_init__(self) -> None:
         positive = ("tp", "max_num_seqs", "block_size", "max_model_len")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"replica {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.prefill_budget not in ("sum", "padded"):
+            raise ConfigError(f"replica prefill_budget must be 'sum' or 'padded', got {self.prefill_budget!r}")
         if self.batching not in BATCHING_MODES:
             raise ConfigError(f"replica batching must be one of {BATCHING_MODES}, got {self.batching!r}")
         if not 0 <= self.watermark < 1:
@@ -77,16 +86,21 @@ class ClusterConfig:
             raise ConfigError("a cluster needs at least one replica")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "cluster") -> ClusterConfig:
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "cluster", base_dir: Path | str = ".",
+                  perf: PerfConfig | None = None) -> ClusterConfig:
         """Parse ``{"defaults": {...}, "replicas": [{"count": 2, "gpu": ..., ...}, ...]}``.
 
-        ``defaults`` apply to every replica group; ``count`` repeats a group (default 1).
+        ``defaults`` apply to every replica group; ``count`` repeats a group (default 1). A ``perf`` mapping
+        in a group overrides the one in ``defaults``, which overrides ``perf`` (the scenario's top-level
+        section); relative calibration paths are resolved against ``base_dir``.
         """
         allowed = {"defaults", "replicas"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
         defaults = _replica_kwargs(d.get("defaults") or {}, f"{where}.defaults")
+        base_perf = PerfConfig.from_dict(defaults.pop("perf", None), where=f"{where}.defaults.perf",
+                                         base_dir=base_dir).over(perf or PerfConfig())
         groups = d.get("replicas")
         if not isinstance(groups, list) or not groups:
             raise ConfigError(f"{where}.replicas must be a non-empty list of replica groups")
@@ -98,8 +112,11 @@ class ClusterConfig:
             count = group.pop("count", 1)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"{where}.replicas[{i}].count must be a positive integer")
-            cfg = parse_config(ReplicaConfig, {**defaults, **_replica_kwargs(group, f"{where}.replicas[{i}]")},
-                               f"{where}.replicas[{i}]")
+            kwargs = {**defaults, **_replica_kwargs(group, f"{where}.replicas[{i}]")}
+            kwargs.pop("perf", None)  # validated by PerfConfig.from_dict below
+            perf = PerfConfig.from_dict(group.get("perf"), where=f"{where}.replicas[{i}].perf",
+                                        base_dir=base_dir).over(base_perf)
+            cfg = replace(parse_config(ReplicaConfig, kwargs, f"{where}.replicas[{i}]"), perf=perf)
             replicas.extend([cfg] * count)
         return cls(tuple(replicas))
 

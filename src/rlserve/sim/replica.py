@@ -90,6 +90,7 @@ class RequestTable:
         self.ebase = [0.0] * n
         self.shared = [0] * n  # prefix-cache blocks this request uses but does not own
         self.incarnation = [0] * n  # bumped at preemption; invalidates stale completion-heap entries
+        self.inflight = [0] * n  # requests already at the replica (running or waiting) when this one arrived
         self.finished_order: list[int] = []  # request ids in the order replicas finished them
 
     def copy(self) -> RequestTable:
@@ -105,7 +106,7 @@ class Replica:
     """A vLLM-like engine. Driven by :class:`~rlserve.sim.cluster.ClusterSimulator`; not used directly."""
 
     def __init__(self, index: int, cfg: ReplicaConfig, perf: PerfModel, table: RequestTable, *,
-                 exact_steps: bool = False) -> None:
+                 exact_steps: bool = False, timeline: bool = False) -> None:
         self.index = index
         self.cfg = cfg
         self.perf = perf
@@ -114,7 +115,9 @@ class Replica:
         self.bs = cfg.block_size
         self.total_blocks = cfg.num_gpu_blocks or perf.kv_capacity_blocks(cfg.block_size, cfg.gpu_memory_utilization)
         self.prefill_priority = cfg.batching == "prefill_priority"
-        self.watermark_blocks = int(cfg.watermark * self.total_blocks) if self.prefill_priority else 0
+        self.watermark_blocks = (int(cfg.watermark * self.total_blocks)
+                                 if self.prefill_priority or cfg.chunked_watermark else 0)
+        self.padded_budget = cfg.prefill_budget == "padded"
         self.budget = cfg.token_budget
         self.max_seqs = cfg.max_num_seqs
         self.cap = cfg.concurrency_cap or cfg.max_num_seqs
@@ -159,6 +162,12 @@ class Replica:
         self.first_tokens = 0
         self.assigned = 0
         self.rejected = 0
+        # per-token inter-token latency, kept as runs: (first step s, increment per step s, steps, tokens per step)
+        self.itl_runs: list[tuple[float, float, int, int]] = []
+        self.itl_stall = 0.0  # prefill-only time since the decode group last stepped (prefill_priority)
+        self.itl_cohorts: list[tuple[int, float]] = []  # (members, stall when they joined) since then
+        # per-iteration record (a decode run of k iterations is one row with steps=k), when asked for
+        self.timeline: list[tuple[int, float, float, int, int, int, int, int, int]] | None = [] if timeline else None
 
     def fork(self, table: RequestTable) -> Replica:
         """A copy of this replica that writes into ``table`` (a :meth:`RequestTable.copy` of its own), for what-if
@@ -177,6 +186,7 @@ class Replica:
         """A request arrives at ``now`` (the caller has advanced this replica to ``now``)."""
         t = self.t
         t.replica[rid] = self.index
+        t.inflight[rid] = self.B + len(self.prefilling) + len(self.waiting)
         self.assigned += 1
         prompt = t.prompt[rid]
         blocks = -(-(prompt + t.output[rid]) // self.bs)
@@ -291,8 +301,10 @@ class Replica:
         used_before = self.used
         k = self.cur_k
         chunks = self.cur_chunks
+        decode_batch = self.B if k else 0  # before completions leave and finished prefills join
         if k:
             B = self.B
+            self._record_itl(k, dur)
             chunk_tokens = sum([n for _, n in chunks]) if chunks else 0
             dec_energy = energy * B / (B + chunk_tokens) if chunk_tokens else energy
             self.used += self._crossings(k)
@@ -313,11 +325,53 @@ class Replica:
             if chunks:
                 self._complete_chunks(end, chunks, energy - dec_energy)
         else:
+            waiting = self.B
+            if waiting:  # decoding requests wait through a prefill-only iteration: their next token is late
+                if not self.itl_cohorts:
+                    self.itl_cohorts.append((waiting, 0.0))
+                self.itl_stall += dur
             self._complete_chunks(end, chunks, energy)
+            if self.itl_cohorts and self.B > waiting:  # joined now: they wait only through later stalls
+                self.itl_cohorts.append((self.B - waiting, self.itl_stall))
         self.kv_block_seconds += (used_before + self.used) * 0.5 * dur
+        if self.timeline is not None:
+            prefill_tokens = sum([n for _, n in chunks]) if chunks else 0
+            self.timeline.append((self.index, self.cur_start, dur, max(k, 1), decode_batch + len(chunks),
+                                  prefill_tokens, decode_batch * k, self.used, self.preemptions_total))
         self.cur_chunks = []
         self.cur_k = 0
         self.busy_until = INF
+
+    def _record_itl(self, k: int, dur: float) -> None:
+        """Inter-token gaps of the ``k`` decode steps that just ended (O(1): one run entry, plus the stalls).
+
+        Step ``j`` of a decode run takes ``t0 + t1 (S + j B)``; a mixed iteration's decodes wait its whole
+        duration. Members that waited through prefill-only iterations get the part of the stall after they
+        joined added to their first gap (by cohort; a preemption between the stall and the step shrinks the
+        newest cohorts first, which is approximate: its victim may have come from any cohort).
+        """
+        B = self.B
+        if self.cur_chunks:
+            d0, inc = dur, 0.0
+        else:
+            t0, t1, _, _ = self.cur_coeffs
+            d0, inc = t0 + t1 * self.S, t1 * B
+        runs = self.itl_runs
+        if self.itl_cohorts:
+            left = B
+            for members, joined_at in self.itl_cohorts:
+                n = min(members, left)
+                if n:
+                    runs.append((d0 + self.itl_stall - joined_at, 0.0, 1, n))
+                left -= n
+            if left:  # joined by the step itself (mixed iteration): no stall
+                runs.append((d0, 0.0, 1, left))
+            if k > 1:
+                runs.append((d0 + inc, inc, k - 1, B))
+            self.itl_stall = 0.0
+            self.itl_cohorts = []
+        else:
+            runs.append((d0, inc, k, B))
 
     def _complete_chunks(self, end: float, chunks: list[tuple[int, int]], energy: float) -> None:
         """Prefill chunks done: a request whose prompt is complete samples a token and joins the decode group."""
@@ -547,11 +601,16 @@ class Replica:
         t = self.t
         chunks: list[tuple[int, int]] = []
         tokens = 0
+        longest = 0
         limit = min(self.max_seqs, self.cap)
         while self.waiting and self.B + len(self.prefilling) < limit:
             rid = self.waiting[0]
             n = t.need[rid]
-            if tokens + n > self.budget:
+            if self.padded_budget:  # Vidur: every prompt of the batch padded to the longest
+                if (len(chunks) + 1) * max(longest, n) > self.budget:
+                    break
+                longest = max(longest, n)
+            elif tokens + n > self.budget:
                 break
             hit = self._prefix_hit_blocks(rid) if self.prefix_caching else 0
             blocks = -(-n // self.bs) - t.shared[rid]
@@ -606,7 +665,7 @@ class Replica:
             n = min(t.need[rid] - hit * self.bs, budget)
             ctx = hit * self.bs
             blocks = -(-(ctx + n) // self.bs) - t.shared[rid]
-            if self.total_blocks - self.used - reserved < blocks:
+            if self.total_blocks - self.used - reserved - blocks < self.watermark_blocks:
                 if hit:
                     self._drop_prefix(rid)
                 break

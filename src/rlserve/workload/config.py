@@ -78,6 +78,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         ("num_requests", "prompt_tokens", "output_tokens", "prompt_min", "prompt_max", "output_min",
          "output_max", "max_prompt_tokens", "max_output_tokens", "num_prefixes", "prefix_tokens"), _COUNT),
     "max_total_tokens": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "truncation": (lambda v: v in lengths.TRUNCATION_RULES, f"one of {', '.join(lengths.TRUNCATION_RULES)}"),
     "rates_qps": (
         lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_is_real(r) and r >= 0 for r in v)
         and any(r > 0 for r in v), "a non-empty list of rates >= 0, not all 0"),
@@ -219,6 +220,7 @@ class WorkloadConfig:
     prefix: PrefixConfig | None = None
     max_tokens: MaxTokensConfig = MaxTokensConfig()
     sessions: SessionConfig | None = None
+    truncation: str = "output_first"  # how max_total_tokens shortens a request (lengths.TRUNCATION_RULES)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
@@ -228,7 +230,7 @@ class WorkloadConfig:
         """
         top = _section(d, where, "", ("arrival", "lengths"),
                        ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix",
-                        "max_tokens", "sessions"))
+                        "max_tokens", "sessions", "truncation"))
         arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
         lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
         prefix = top.get("prefix")
@@ -260,6 +262,7 @@ class WorkloadConfig:
             prefix=prefix,
             max_tokens=max_tokens,
             sessions=sessions,
+            truncation=top.get("truncation", "output_first"),
         )
         _check_combination(cfg, where)
         return cfg
@@ -417,7 +420,7 @@ def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = N
             _warn_cut_prefixes(c, prompt, prefix_id)
     prompt, output, _ = lengths.clip_lengths(
         prompt, output, max_prompt_tokens=cfg.max_prompt_tokens, max_output_tokens=cfg.max_output_tokens,
-        max_total_tokens=cfg.max_total_tokens,
+        max_total_tokens=cfg.max_total_tokens, truncation=cfg.truncation,
     )
     if cfg.sessions is not None:  # a turn's whole prompt lies on its conversation
         prefix_tokens = prompt.copy()

@@ -19,6 +19,9 @@ LengthArrays = tuple[np.ndarray, np.ndarray]
 
 # Clipping more than this share of requests changes the workload enough that the user should hear about it.
 CLIP_WARN_FRACTION = 0.01
+# How max_total_tokens shortens a request: the output first (a server stops generating at the context limit), or
+# both sides in proportion to their lengths (what Vidur's trace generators do).
+TRUNCATION_RULES = ("output_first", "proportional")
 
 
 def _tokens(x: np.ndarray) -> np.ndarray:
@@ -108,14 +111,19 @@ def clip_lengths(
     max_prompt_tokens: int | None = None,
     max_output_tokens: int | None = None,
     max_total_tokens: int | None = None,
+    truncation: str = "output_first",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Apply token caps; return the new arrays and how many requests were shortened.
 
     ``max_total_tokens`` (a model's context length) is enforced by shortening the output first, as a server
     would stop generation at the context limit; a prompt that alone exceeds it is cut to leave one output
-    token. Warns when more than 1% of requests are clipped, since the length distribution then differs
-    noticeably from the one asked for.
+    token. ``truncation="proportional"`` instead removes the excess from both sides in proportion to their
+    lengths (the prompt's share rounded up, at least one token kept on each side), as Vidur does. Warns when more
+    than 1%
+    of requests are clipped, since the length distribution then differs noticeably from the one asked for.
     """
+    if truncation not in TRUNCATION_RULES:
+        raise ConfigError(f"truncation must be one of {TRUNCATION_RULES}, got {truncation!r}")
     prompt = np.asarray(prompt_tokens, np.int64)
     output = np.asarray(output_tokens, np.int64)
     if max_prompt_tokens is not None:
@@ -126,8 +134,15 @@ def clip_lengths(
         output = np.minimum(output, max_output_tokens)
     if max_total_tokens is not None:
         _check_count("max_total_tokens", max_total_tokens, minimum=2)
-        prompt = np.minimum(prompt, max_total_tokens - 1)
-        output = np.minimum(output, max_total_tokens - prompt)
+        if truncation == "proportional":
+            total = prompt + output
+            excess = np.maximum(total - max_total_tokens, 0)
+            cut_prompt = np.ceil(excess * prompt / total).astype(np.int64)
+            prompt = np.maximum(prompt - cut_prompt, 1)
+            output = np.maximum(np.minimum(output, max_total_tokens - prompt), 1)
+        else:
+            prompt = np.minimum(prompt, max_total_tokens - 1)
+            output = np.minimum(output, max_total_tokens - prompt)
     clipped = int(np.count_nonzero((prompt != prompt_tokens) | (output != output_tokens)))
     if len(prompt) and clipped > CLIP_WARN_FRACTION * len(prompt):
         warnings.warn(
