@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 from rlserve.errors import ConfigError
+from rlserve.outputs import write_atomic
 from rlserve.validation import parse_config
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
@@ -106,12 +107,12 @@ class RequestRecords:
         return cols
 
     def to_parquet(self, path: str | Path) -> None:
-        """Write one row per request (request id = row index)."""
+        """Write one row per request (request id = row index), atomically (a reader never sees half a file)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cols = {"request_id": np.arange(len(self.arrival_s))} | self.columns()
-        pq.write_table(pa.table(cols), str(path))
+        table = pa.table({"request_id": np.arange(len(self.arrival_s))} | self.columns())
+        write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def distribution(values: Iterable[float] | np.ndarray, percentiles: Iterable[float] = DEFAULT_PERCENTILES,

@@ -88,6 +88,15 @@ def check_output_dir(out: Path, *, resume: bool, run_files: tuple[str, ...]) -> 
                           "it or choose another --out")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import (os.umask can only be read by setting it)
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, fsync it, and rename it over ``path``; returns ``path``.
 
@@ -100,6 +109,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives (mkstemp's is owner-only)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rlserve.metrics import RequestRecords, Summary
-from rlserve.outputs import write_text_atomic
+from rlserve.outputs import write_atomic, write_text_atomic
 
 
 def _json_safe(x: Any) -> Any:
@@ -52,13 +52,14 @@ def latency_cdf_plot(records_by_label: dict[str, RequestRecords], path: str | Pa
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
 def save_run(out_dir: str | Path, records: RequestRecords, summary: Summary, meta: dict[str, Any],
              label: str = "run") -> dict[str, Path]:
-    """Write ``requests.parquet``, ``summary.json`` (summary + run metadata) and ``latency_cdf.png``."""
+    """Write ``requests.parquet``, ``summary.json`` (summary + run metadata) and ``latency_cdf.png``, each
+    atomically (temporary file + rename: an interrupted write never leaves half a result)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"requests": out / "requests.parquet", "summary": out / "summary.json", "plot": out / "latency_cdf.png"}
