@@ -188,17 +188,9 @@ def run_cli(argv: list[str], timeout_s: float = 60.0) -> Outcome:
     sys.argv = ["rlserve", *argv]
     t0 = time.perf_counter()
     try:
+        # the CLI's rich consoles write to whatever sys.stdout / sys.stderr are at the time
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _alarm(timeout_s):
-            from rlserve.cli import app as app_module
-
-            consoles = (app_module.console, app_module.err_console)
-            saved = [(c, c.file) for c in consoles]
-            app_module.console.file, app_module.err_console.file = out, err
-            try:
-                main()
-            finally:
-                for c, f in saved:
-                    c.file = f
+            main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except _Timeout:
