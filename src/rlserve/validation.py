@@ -92,6 +92,7 @@ def parse_config(cls: type[T], data: Any, source: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    _check_size(data, source)
     try:
         text = json.dumps(data, allow_nan=True, default=_not_plain)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -100,6 +101,26 @@ def parse_config(cls: type[T], data: Any, source: str) -> T:
         return _adapter(cls).validate_json(text)  # type: ignore[arg-type]  # classes are hashable
     except ValidationError as exc:
         raise ConfigError(describe(exc, cls, source)) from None
+
+
+MAX_VALUES = 100_000
+"""Values a config document may hold once YAML aliases are expanded (real configs hold a few hundred)."""
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse a document that expands to more than :data:`MAX_VALUES` values (a YAML alias bomb: a few lines
+    whose aliases nest into billions of values), counting at most that many before giving up."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{source}: the document expands to more than {MAX_VALUES:,} values (YAML aliases "
+                              "nested into each other?); write the values out")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
 
 
 def _not_plain(value: Any) -> Any:

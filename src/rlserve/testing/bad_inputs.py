@@ -77,6 +77,8 @@ CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
      {"c.yaml": "checkpoints: {checkpoint_interval: 0}\n"}),
     ("train router max_grad_norm -1", ["train", "router", "-o", "{d}/run", "-c", "{d}/c.yaml"],
      {"c.yaml": "ppo: {max_grad_norm: -1}\n"}),
+    ("train router anchor bomb", ["train", "router", "-o", "{d}/run", "-c", "{d}/c.yaml"],
+     {"c.yaml": "env: {scenarios: [" + ", ".join(_LEVELS) + "]}\n"}),
     ("train router bool as string", ["train", "router", "-o", "{d}/run", "-c", "{d}/c.yaml"],
      {"c.yaml": "monitoring: {enable_tensorboard: 'no'}\n"}),
     ("train router out is a file", ["train", "router", "-o", "{d}/run"], {"run": "x"}),
