@@ -105,6 +105,31 @@ async def test_a_wedged_replica_is_taken_out_and_the_request_served_elsewhere(st
         assert proxy.books[0].healthy
 
 
+async def test_a_slow_replica_that_still_answers_keeps_its_request() -> None:
+    """Past the first-byte deadline, a replica that is answering other requests is overloaded, not wedged: the
+    request waits for it (moving it would turn overload into errors elsewhere) and the replica stays in rotation."""
+    async with fakes(2, inter_token_delay_s=0.01) as servers, \
+            proxy_over(servers, ScriptedRouter([0]), first_byte_timeout_s=0.4) as proxy, \
+            aiohttp.ClientSession() as http:
+        stop = asyncio.Event()
+
+        async def quick_answers() -> None:  # replica 0 keeps answering short requests (progress)
+            while not stop.is_set():
+                async with http.post(proxy.url + "/v1/completions", json={**COMPLETION, "max_tokens": 3}) as r:
+                    assert r.status == 200
+                await asyncio.sleep(0.05)
+
+        background = asyncio.create_task(quick_answers())
+        await asyncio.sleep(0.1)
+        async with http.post(proxy.url + "/v1/completions", json={**COMPLETION, "max_tokens": 100}) as r:
+            assert r.status == 200 and r.headers["X-Rlserve-Replica"] == "0"  # ~1 s, past the 0.4 s deadline
+            assert (await r.json())["usage"]["completion_tokens"] == 100
+        stop.set()
+        await background
+        assert proxy.books[0].healthy and proxy.books[1].routed_total == 0
+        assert "upstream_first_byte_timeout" not in await _errors(http, proxy.url)
+
+
 async def test_a_stream_without_done_is_an_error_to_the_client() -> None:
     async with fakes(1, completions_mode="no_done") as (server,), proxy_over([server]) as proxy, \
             aiohttp.ClientSession() as http:

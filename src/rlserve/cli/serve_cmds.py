@@ -41,7 +41,8 @@ def serve(
     max_attempts: int = typer.Option(3, help="Replicas tried per request when attempts fail before the first byte."),
     first_byte_timeout_s: float = typer.Option(
         60.0, help="Longest wait for a replica's first byte (a non-streamed answer's whole response); a replica "
-        "missing it is taken out until a probe completion succeeds, and the request is retried elsewhere."),
+        "missing it while answering nothing else is taken out until a probe completion succeeds, the request retried "
+        "elsewhere; a slow replica that still answers keeps the request."),
     client_timeout_s: float = typer.Option(30.0, help="Longest a client may take to send a request (head or "
                                            "body); also the idle keep-alive time of client connections."),
     health_interval_s: float = typer.Option(1.0, help="Period of the replicas' /health probe."),

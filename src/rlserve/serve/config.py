@@ -179,8 +179,9 @@ class ProxyConfig:
     first_byte_timeout_s: float = 60.0
     """Longest wait for a replica's first byte after the request was sent: a streamed answer's first event, or a
     non-streamed answer's response (which vLLM sends only when generation ends, so long non-streamed generations
-    need a larger value). A replica that misses it is taken out of rotation until a probe completion succeeds
-    on it, and the request is retried on another replica (up to ``max_attempts``)."""
+    need a larger value). A replica that misses it and answered nothing else for as long is wedged: taken out of
+    rotation until a probe completion succeeds on it, the request retried on another replica (up to
+    ``max_attempts``). One that answered something meanwhile is slow, not wedged: the request keeps waiting."""
     client_timeout_s: float = 30.0
     """Longest a client may take to send a request's head (then the connection is closed) or its body (then HTTP
     408); also how long an idle keep-alive connection from a client stays open."""

@@ -82,6 +82,47 @@ class _AttemptFailed(Exception):
 _HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large"}
 
 
+class _FirstByteWatch:
+    """``async with``: the first-byte deadline of one attempt, which tells a wedged replica from a slow one.
+
+    At the deadline, a replica that answered something (another request's first byte or completion) within the
+    last ``first_byte_timeout_s`` is making progress -- overloaded, not wedged -- so the attempt keeps waiting and
+    the watch looks again one deadline after that answer; abandoning it would only move its load onto the other
+    replicas and turn overload into errors. A replica that answered nothing for a whole deadline is wedged: the
+    wait is cancelled (``TimeoutError``, :attr:`expired` set). Costs one timer per attempt.
+    """
+
+    __slots__ = ("_proxy", "_index", "_by", "_timeout", "_handle", "expired")
+
+    def __init__(self, proxy: RouterProxy, book: ReplicaBook, by_monotonic_s: float) -> None:
+        self._proxy = proxy
+        self._index = book.index
+        self._by = by_monotonic_s
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    async def __aenter__(self) -> _FirstByteWatch:
+        await self._timeout.__aenter__()
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, self._by - time.monotonic()), self._check)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(*exc)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._proxy.config.first_byte_timeout_s
+        since = time.monotonic() - self._proxy._progress_s[self._index]
+        if since < deadline:  # slow, not wedged: look again one deadline after its last answer
+            self._handle = loop.call_later(deadline - since, self._check)
+        else:
+            self.expired = True
+            self._timeout.reschedule(loop.time())  # cancels the wait now; leaves the block as TimeoutError
+
+
 def _json_error(status: int, type_: str, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": type_, "code": status}}, status=status)
 
@@ -119,7 +160,9 @@ class RouterProxy:
         self._observe_decision = self.metrics.decision_s.observe
         self._urls: dict[tuple[int, str], URL] = {}  # (replica, path) -> parsed upstream URL
         self._router_error: str | None = None  # why the last routing decision failed (None: it succeeded)
-        self._progress_s = [-float("inf")] * len(self.books)  # monotonic time of each replica's last answer byte
+        # monotonic time of each replica's last answer (a first byte or a completion); the start counts as one, so a
+        # replica gets one first-byte deadline to answer its first request before it can be judged wedged
+        self._progress_s = [time.monotonic()] * len(self.books)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -403,12 +446,12 @@ class RouterProxy:
             assert self._session is not None  # internal invariant: handlers run only between start() and stop()
             first_byte_by = time.monotonic() + self.config.first_byte_timeout_s
             try:
-                async with asyncio.timeout_at(self._loop_time(first_byte_by)) as limit:
+                async with _FirstByteWatch(self, book, first_byte_by) as watch:
                     upstream = await self._session.post(self._upstream_url(book, request.path), data=raw,
                                                         headers=self._upstream_headers(request))
             except _TRANSPORT_ERRORS as exc:
-                if limit.expired():
-                    self._missed_first_byte(book, exc)
+                if watch.expired:
+                    self._wedged(book, exc)
                 self._attempt_failed(book, exc)
             async with upstream:
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -426,22 +469,10 @@ class RouterProxy:
         finally:
             gate.release()
 
-    def _loop_time(self, monotonic_s: float) -> float:
-        """``time.monotonic()`` instant as the event loop's clock (uvloop's clock may differ from monotonic)."""
-        return asyncio.get_running_loop().time() + (monotonic_s - time.monotonic())
-
-    def _missed_first_byte(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
-        """``book`` sent no first byte in time; the request goes elsewhere.
-
-        Wedged or merely slow? A replica that answered anything within the last ``first_byte_timeout_s`` is making
-        progress (an overloaded replica; holding it down would pile its load onto the others and could take the
-        whole cluster out), so only the request moves. One that answered nothing for that long is wedged: held
-        down until it serves again (its /health may still answer).
-        """
+    def _wedged(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
+        """``book`` sent no first byte in time and answered nothing else for as long (:class:`_FirstByteWatch`):
+        held down until it serves again (its /health may still answer); the request goes elsewhere."""
         self.metrics.count_error("upstream_first_byte_timeout")
-        deadline = self.config.first_byte_timeout_s
-        if time.monotonic() - self._progress_s[book.index] < deadline:
-            raise _AttemptFailed(f"replica {book.index}: no first byte within {deadline:g} s (slow)") from exc
         if self._prober is not None:
             self._prober.hold_down(book.index)
         self._attempt_failed(book, exc)
@@ -480,11 +511,11 @@ class RouterProxy:
                       book: ReplicaBook, rid: int, tracked: Tracked, first_byte_by: float) -> web.StreamResponse:
         content = upstream.content
         try:
-            async with asyncio.timeout_at(self._loop_time(first_byte_by)) as limit:
+            async with _FirstByteWatch(self, book, first_byte_by) as watch:
                 chunk = await content.readany()
         except _TRANSPORT_ERRORS as exc:
-            if limit.expired():
-                self._missed_first_byte(book, exc)
+            if watch.expired:
+                self._wedged(book, exc)
             self._attempt_failed(book, exc)
         if not chunk:
             self._attempt_failed(book, ConnectionError("the stream closed before its first byte"))
