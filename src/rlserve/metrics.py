@@ -20,6 +20,8 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 from rlserve.errors import ConfigError
+from rlserve.outputs import write_atomic
+from rlserve.validation import parse_config
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0)
 
@@ -39,13 +41,10 @@ class Slo:
                 raise ConfigError(f"SLO {f.name} must be > 0 seconds, got {v!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Slo:
-        """Build from ``{"ttft_s": .., "tpot_s": .., "e2e_s": ..}`` (missing keys = unconstrained)."""
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown SLO keys {sorted(unknown)}; allowed: ttft_s, tpot_s, e2e_s")
-        return cls(**{k: float(v) for k, v in d.items() if v is not None})
+    def from_dict(cls, d: Mapping[str, Any] | None, source: str = "slo") -> Slo:
+        """Build from ``{"ttft_s": .., "tpot_s": .., "e2e_s": ..}`` (missing keys = unconstrained), validated
+        (:func:`rlserve.validation.parse_config`)."""
+        return parse_config(cls, dict(d) if isinstance(d, Mapping) else d, source)
 
     def met(self, ttft_s: np.ndarray, tpot_s: np.ndarray, e2e_s: np.ndarray) -> np.ndarray:
         """Boolean mask of requests meeting every threshold (a NaN TPOT, i.e. one output token, passes TPOT)."""
@@ -108,12 +107,12 @@ class RequestRecords:
         return cols
 
     def to_parquet(self, path: str | Path) -> None:
-        """Write one row per request (request id = row index)."""
+        """Write one row per request (request id = row index), atomically (a reader never sees half a file)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cols = {"request_id": np.arange(len(self.arrival_s))} | self.columns()
-        pq.write_table(pa.table(cols), str(path))
+        table = pa.table({"request_id": np.arange(len(self.arrival_s))} | self.columns())
+        write_atomic(path, lambda f: pq.write_table(table, f))
 
 
 def distribution(values: Iterable[float] | np.ndarray, percentiles: Iterable[float] = DEFAULT_PERCENTILES,

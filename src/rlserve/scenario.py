@@ -99,8 +99,10 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise ConfigError(f"scenario file {path} does not exist")
     try:
         doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read scenario file {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
+        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     return scenario_from_dict(doc, where=str(path), base_dir=path.parent, default_name=path.stem)
 
 
@@ -112,13 +114,13 @@ def scenario_from_dict(doc: Any, *, where: str = "scenario", base_dir: Path | st
     unknown = set(doc) - _KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+    for key in ("name", "description"):  # checked first: a YAML alias bomb here must not be expanded into text
+        if key in doc and not isinstance(doc[key], str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got a {type(doc[key]).__name__}")
     for key in ("cluster", "workload"):
         if not isinstance(doc.get(key), dict):
             raise ConfigError(f"{where}: missing or invalid '{key}' section (a mapping)")
-    try:
-        slo = Slo.from_dict(doc.get("slo"))
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: slo: {exc}") from exc
+    slo = Slo.from_dict(doc.get("slo"), f"{where}: slo")
     try:
         perf = PerfConfig.from_dict(doc.get("perf"), where=f"{where}: perf", base_dir=base_dir)
         cluster = ClusterConfig.from_dict(doc["cluster"], where=f"{where}: cluster", base_dir=base_dir, perf=perf)

@@ -219,8 +219,32 @@ def test_resume_checks_the_checkpoint_kind(tmp_path) -> None:
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ConfigError, match="gamma"):
         DQNConfig(gamma=1.5)
-    with pytest.raises(ConfigError, match="unknown DQN config keys"):
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat'; allowed: batch_size"):
         DQNConfig.from_dict({"learning_rat": 1e-3})
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"dqn": {"max_grad_norm": -1}}, "dqn.max_grad_norm: input should be greater than 0"),
+    ({"dqn": {"hidden_sizes": [0]}}, r"dqn.hidden_sizes\[0\]: input should be greater than or equal to 1"),
+    ({"dqn": {"hidden_sizes": []}}, "dqn.hidden_sizes: tuple should have at least 1 item"),
+    ({"dqn": {"double": "no"}}, "dqn.double: input should be a valid boolean, got 'no'"),
+    ({"factored_advantage": "no"}, "factored_advantage: input should be a valid boolean, got 'no'"),
+    ({"validation_seeds": -1}, "validation_seeds: input should be greater than or equal to 0"),
+    ({"dqn": {"checkpoint_interval": -5}}, "dqn.checkpoint_interval: input should be greater than or equal to 0"),
+    ({"dqn": {"total_steps": "abc"}}, "dqn.total_steps: input should be a valid integer"),
+    ({"env": {"interval_s": 0}}, "env.interval_s must be > 0"),
+    ({"env": {"state": {"extras": "yes"}}}, "env.state.extras: input should be a valid boolean"),
+])
+def test_energy_training_values_with_a_wrong_effect_are_errors(tmp_path, section, message) -> None:
+    import yaml
+
+    from rlserve.envs.energy_train import load_train_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(section))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_train_config(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
 
 
 def test_factored_advantage_keeps_the_cap_major_layout() -> None:

@@ -90,9 +90,9 @@ def test_conditional_block_size_needs_the_feature(small_scenario: Path) -> None:
 
 
 def test_config_from_dict_rejects_typos() -> None:
-    with pytest.raises(ConfigError, match="unknown env keys"):
+    with pytest.raises(ConfigError, match="env: unknown key 'scenario'; allowed: block_sizes"):
         EnergyEnvConfig.from_dict({"scenario": "energy_steady"})
-    with pytest.raises(ConfigError, match="unknown env.state keys"):
+    with pytest.raises(ConfigError, match="env: unknown key 'state.extra'; allowed: block_size_feature"):
         EnergyEnvConfig.from_dict({"state": {"extra": True}})
     cfg = EnergyEnvConfig.from_dict({"scenarios": "energy_bursty", "caps": [8, 16], "state": {"extras": False}})
     assert cfg.scenarios == ("energy_bursty",) and cfg.state.dim == 10

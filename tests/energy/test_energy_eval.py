@@ -74,7 +74,7 @@ def test_shipped_training_config_loads() -> None:
     cfg = load_train_config("energy")
     assert cfg.env.scenarios == ("energy_steady", "energy_diurnal", "energy_bursty")
     assert cfg.dqn.double and cfg.dqn.gamma > 0
-    with pytest.raises(ConfigError, match="unknown energy training config keys"):
+    with pytest.raises(ConfigError, match="energy training config: unknown key .envs.; allowed: dqn, env"):
         EnergyTrainConfig.from_dict({"envs": {}})
     with pytest.raises(ConfigError, match="not found"):
         load_train_config("nope")

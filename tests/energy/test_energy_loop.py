@@ -84,13 +84,28 @@ def test_loop_sets_caps_in_the_proxy_and_clocks_via_nvml(proxy_url: str) -> None
         stop.set()
         admin.close()
     assert len(decisions) >= 3
-    assert state.concurrency_cap == 8  # the proxy's admission control holds the last cap
+    assert [d.concurrency_cap for d in decisions[:2]] == [4, 8]
+    assert state.concurrency_cap == 64  # the loop's cap is removed when it ends: the proxy is uncapped again
     sets = [c for c in nvml.calls if c[0] == "set"]
     assert sets == [("set", 0, 1200, 1200), ("set", 0, 990, 990)]  # changes only, snapped to supported clocks
     assert nvml.locked[0] is None  # restored when the loop ended
     later = script.seen[-1].replicas[0]
     assert later.sm_clock_mhz == 990.0 and later.completed_total > 0  # the controller sees what was set
     assert script.seen[-1].arrivals_total >= later.completed_total + later.num_running
+
+
+def test_the_loop_gives_back_the_cap_the_replica_had_before_it(proxy_url: str) -> None:
+    admin = ProxyAdmin(proxy_url)
+    try:
+        admin.set_concurrency_cap(0, 16)  # set by the operator before the controller starts
+        loop = EnergyLoop(Script([EnergyDecision(4, 1200.0)]), admin, ClockActuator([0], nvml=FakeNvml(1)),
+                          NullGpuMonitor("test"), interval_s=0.1)
+        decisions = loop.run(duration_s=0.25)
+        after = admin.concurrency_cap(0)
+    finally:
+        admin.close()
+    assert decisions and decisions[0].concurrency_cap == 4
+    assert after == 16
 
 
 def test_gpu_monitor_fields_fill_energy_power_and_busy_time(proxy_url: str) -> None:

@@ -124,12 +124,14 @@ def test_cli_evaluate_router_json_and_plots(trained, tmp_path):
 def test_cli_train_router_and_resume(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("network: {hidden_size: 16, proj_dim: 16}\ncheckpoints: {validation_interval: 0}\n"
-                   "ppo: {num_envs: 2, num_steps: 32, chunk_len: 16, num_minibatches: 2, epochs: 1}\n"
+                   "ppo: {num_envs: 2, num_steps: 32, chunk_len: 16, num_minibatches: 2, epochs: 1, "
+                   "anneal_lr: false}\n"
                    "warm_start: {stabilization_steps: 32, bc_epochs: 1}\nenv: {episode_requests: 40}\n")
     runner = CliRunner()
     res = runner.invoke(app, ["train", "router", "-o", str(tmp_path / "o"), "-c", str(cfg), "--updates", "1"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["train", "router", "-o", str(tmp_path / "o"), "-c", str(cfg), "--updates", "2",
+    # --resume without -c: the config stored in the checkpoint; only the total grows
+    res = runner.invoke(app, ["train", "router", "-o", str(tmp_path / "o"), "--updates", "2",
                               "--resume", "--export", str(tmp_path / "small.pt")])
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "o" / "checkpoint.pt", weights_only=True)["update"] == 2

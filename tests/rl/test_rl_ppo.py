@@ -70,7 +70,8 @@ def test_resume_errors(tmp_path):
         train(_cfg(), _envs(), out_dir=tmp_path, resume=True)
     train(_cfg(total_updates=1), _envs(), out_dir=tmp_path / "x")
     with pytest.raises(InputError, match="state_dim=3"):
-        train(_cfg(total_updates=2), [lambda: ArgmaxEnv(n=4)] * 2, out_dir=tmp_path / "x", resume=True)
+        train(_cfg(total_updates=2), [lambda: ArgmaxEnv(n=4)] * 2, out_dir=tmp_path / "x", resume=True,
+              allow_config_change=True)
 
 
 def test_validation_callback_selects_best_and_keeps_resume_exact(tmp_path):

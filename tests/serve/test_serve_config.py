@@ -46,8 +46,17 @@ def test_replicas_file(tmp_path: Path) -> None:
     assert (a.url, a.decode_tokens_per_s, a.max_num_seqs, b.concurrency_cap) == ("http://a:1", 95, 128, 4)
     bad = tmp_path / "bad.yaml"
     bad.write_text("replicas:\n  - {url: 'http://a:1', speed: 3}\n")
-    with pytest.raises(InputError, match="bad.yaml.*unknown replica keys.*speed"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: replicas\[0\]: unknown key 'speed'; allowed: block_size"):
         load_replicas_file(bad)
+    bad.write_text("replicas:\n  - {url: 'http://a:1'}\n  - {url: 'http://b:1', max_num_seqs: 'abc'}\n")
+    with pytest.raises(ConfigError, match=r"replicas\[1\]: max_num_seqs: input should be a valid integer"):
+        load_replicas_file(bad)
+    bad.write_text("replicas:\n  - {url: 'http://a:1', max_num_seqs: .nan}\n")
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        load_replicas_file(bad)
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(InputError, match="cannot read replicas file"):
+        load_replicas_file(tmp_path / "dir.yaml")
     bad.write_text("- http://a:1\n")
     with pytest.raises(InputError, match="top-level 'replicas:'"):
         load_replicas_file(bad)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from rlserve.errors import InputError
 from rlserve.serve.request_shape import request_sizes
 
 
@@ -25,5 +28,20 @@ def test_chat_counts_text_content_and_text_parts_only() -> None:
 
 def test_n_choices_multiply_the_output_and_nonsense_falls_back_to_defaults() -> None:
     assert request_sizes({"prompt": "", "max_tokens": 10, "n": 3}, 4.0, 256) == (1, 30, False)
-    assert request_sizes({"prompt": 12, "max_tokens": "many", "n": True}, 4.0, 64) == (1, 64, False)
+    assert request_sizes({"prompt": "x", "max_tokens": "many", "n": True}, 4.0, 64) == (1, 64, False)
     assert request_sizes({"prompt": "x", "max_tokens": 0}, 4.0, 64) == (1, 64, False)
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": 12},
+    {"prompt": [[[1, 2]]]},
+    {"prompt": [1, "a"]},
+    {"messages": "hi"},
+    {"messages": [3]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+    {"messages": [{"role": "user", "content": [7]}]},
+    {"messages": [{"role": "user", "content": {"text": "x"}}]},
+])
+def test_bodies_no_openai_server_accepts_are_rejected_not_guessed(body: dict) -> None:
+    with pytest.raises(InputError):
+        request_sizes(body, 4.0, 64)

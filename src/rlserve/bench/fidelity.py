@@ -92,7 +92,8 @@ def simulate_stream(replicas: list[ReplicaConfig], stream: Stream, arrival_s: np
     order = np.argsort(arrival_s, kind="stable")
     w = Workload(arrival_s=arrival_s[order] - arrival_s.min(),
                  prompt_tokens=np.array([len(stream.prompts[i]) for i in order], dtype=np.int64),
-                 output_tokens=stream.outputs[order], prefix_id=stream.prefix_id[order],
+                 output_tokens=stream.outputs[order], max_tokens=stream.outputs[order],  # sent as max_tokens
+                 prefix_id=stream.prefix_id[order],
                  prefix_tokens=stream.prefix_tokens[order])
     sim = ClusterSimulator(ClusterConfig(tuple(replicas)), w, perf_models=perf_models)
     sim.run(make_router(router, seed=0))

@@ -14,6 +14,7 @@ from rich.table import Table
 from rlserve.cli.app import RayAddressOpt, WorkersOpt, app, console, evaluate_app, parallel_options, train_app
 from rlserve.cli.progress import progress_bar
 from rlserve.errors import ConfigError
+from rlserve.outputs import check_output_directory, check_output_file, parse_int_list
 
 energy_app = typer.Typer(help="Run or study energy controllers (cap x SM clock).", no_args_is_help=True)
 app.add_typer(energy_app, name="energy")
@@ -32,7 +33,9 @@ ScenariosOpt = Annotated[list[str] | None, typer.Option("--scenario", "-s", help
 @train_app.command("energy")
 def train_energy_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints, logs, TensorBoard.")],
-    config: ConfigOpt = "energy",
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="Training config: a name in configs/train (energy) or a path to a YAML file "
+        "(default: energy; with --resume, the config stored in the checkpoint).")] = None,
     scenario: ScenariosOpt = None,
     total_steps: Annotated[int | None, typer.Option(help="Override dqn.total_steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override dqn.seed.")] = None,
@@ -44,13 +47,23 @@ def train_energy_cmd(
         "learns from them in order.")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Run the episode actors on this Ray cluster (--workers N of them, default 2).")] = None,
+    override_config: Annotated[bool, typer.Option(help="With --resume: train on with values that differ from the "
+                                                  "checkpoint's config (else an error).")] = False,
 ) -> None:
     """Train the dueling double-DQN energy controller in the simulator."""
     import dataclasses
 
-    from rlserve.envs.energy_train import load_train_config, train_energy
+    from rlserve.envs.energy_train import (
+        RUN_FILES,
+        EnergyTrainConfig,
+        load_train_config,
+        stored_train_config,
+        train_energy,
+    )
+    from rlserve.outputs import check_output_dir
 
-    cfg = load_train_config(config)
+    check_output_dir(out, resume=resume, run_files=RUN_FILES)
+    cfg = stored_train_config(out) if resume and config is None else load_train_config(config or "energy")
     env_changes: dict[str, Any] = {}
     if scenario:
         env_changes["scenarios"] = tuple(scenario)
@@ -63,6 +76,7 @@ def train_energy_cmd(
         cfg.dqn.total_steps = total_steps
     if seed is not None:
         cfg.dqn.seed = seed
+    cfg = EnergyTrainConfig.from_dict(cfg.to_dict(), "the config with the command line's values")  # re-validated
     with progress_bar(console) as progress:
         task = progress.add_task("training (decisions)", total=cfg.dqn.total_steps)
 
@@ -75,7 +89,7 @@ def train_energy_cmd(
         parallel = parallel_options(None if ray_address else workers, ray_address)
         n_workers = (workers or 2) if parallel.uses_ray else None
         result = train_energy(cfg, out, resume=resume, on_episode_end=on_episode, workers=n_workers,
-                              parallel=parallel)
+                              parallel=parallel, allow_config_change=override_config)
     console.print(f"trained {result.steps} steps in {result.episodes} episodes ({result.wall_s:.0f} s); "
                   f"policy: {Path(out) / 'policy.pt'}")
 
@@ -112,6 +126,14 @@ def evaluate_energy_cmd(
     from rlserve.report.run_output import write_json
 
     parallel = parallel_options(workers, ray_address)
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1 (statistics over no runs are nan ± nan)")
+    if grid and grid_seeds < 1:
+        raise ConfigError("--grid-seeds must be >= 1 (or pass --no-grid)")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    if plots is not None:
+        check_output_directory(plots, "--plots")
     space = _action_space(checkpoint, config, scenario)
     interval_s = _interval_s(interval_s, checkpoint)
     names = scenario or ["energy_steady", "energy_diurnal", "energy_bursty"]
@@ -254,7 +276,7 @@ def run_cmd(
 
     if (controller is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --controller NAME or --checkpoint policy.pt")
-    ids = [int(g) for g in gpu_ids.split(",") if g.strip()]
+    ids = parse_int_list(gpu_ids, "--gpu-ids")
     scn = _scenario(scenario)
     space = _action_space(checkpoint, config, [scenario])
     if checkpoint is None and str(controller).split(":")[0] == "dqn":  # dqn (the shipped one) or dqn:PATH
@@ -319,7 +341,12 @@ def sweep_cmd(
     from rlserve.report.run_output import write_json
 
     parallel = parallel_options(workers, ray_address)
-    sizes = [int(b) for b in block_sizes.split(",") if b.strip()]
+    sizes = parse_int_list(block_sizes, "--block-sizes", minimum=1)
+    if seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    check_output_directory(out, "--out")
     cfg = load_train_config(config)
     names = scenario or list(cfg.env.scenarios)
     bases = {name: _scenario(name) for name in names}

@@ -27,6 +27,7 @@ from rlserve.experiments import (
     run_grid,
     runnable_routers,
 )
+from rlserve.outputs import check_output_directory, check_output_file
 
 EVAL_FIRST_SEED = 1000  # training draws its workloads from the episode RNG; these seeds are evaluation-only
 
@@ -38,7 +39,10 @@ def train_router_cmd(
         "--scenario", "-s", help="Scenario(s) sampled per episode: built-in names, YAML paths, or 'randomized' "
         "(default: the config's env.scenarios).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Training config YAML.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint in --out bit-for-bit (with the config stored "
+                                         "in it unless --config is given).")] = False,
+    override_config: Annotated[bool, typer.Option(help="With --resume: train on with values that differ from the "
+                                                  "checkpoint's config (else an error).")] = False,
     updates: Annotated[int | None, typer.Option(help="Override total_updates.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the best (validated) policy here as a small "
@@ -52,9 +56,14 @@ def train_router_cmd(
 ) -> None:
     """Train the PPO router: statistics stabilisation, behaviour cloning from heuristics, then PPO."""
     from rlserve.envs.router_training import train_router
+    from rlserve.outputs import check_output_dir
     from rlserve.rl.config import load_config
-    from rlserve.rl.ppo import export_for_inference
+    from rlserve.rl.ppo import CHECKPOINT_KIND, export_for_inference
     from rlserve.rl.rollout_workers import RolloutWorkers
+
+    check_output_dir(out, resume=resume, run_files=("checkpoint.pt",))
+    if export is not None:
+        check_output_file(export, "--export")
 
     overrides: dict[str, object] = {}
     if scenario:
@@ -63,7 +72,15 @@ def train_router_cmd(
         overrides["total_updates"] = updates
     if seed is not None:
         overrides["seed"] = seed
-    cfg = load_config(config, overrides)
+    if resume and config is None:  # the checkpoint's config is the source of truth
+        from rlserve.rl.checkpoints import load_checkpoint
+
+        stored = load_checkpoint(out / "checkpoint.pt", kind=CHECKPOINT_KIND)["config"]
+        for key, value in overrides.items():
+            stored[key] = {**stored[key], **value} if isinstance(value, dict) else value
+        cfg = load_config(overrides=stored)
+    else:
+        cfg = load_config(config, overrides)
     rollout = None
     if workers is not None or ray_address is not None:
         # a local Ray gets one CPU per worker; on a cluster the learner stays here and N actors go there
@@ -78,7 +95,8 @@ def train_router_cmd(
                      f"{s['time/decisions_per_s']:.0f} decisions/s")
             progress.update(task, completed=update, stats=stats)
 
-        result = train_router(cfg, out, resume=resume, progress=report, rollout_workers=rollout)
+        result = train_router(cfg, out, resume=resume, progress=report, rollout_workers=rollout,
+                              allow_config_change=override_config)
     if result.bc_stats:
         console.print(f"behaviour cloning: accuracy {result.bc_stats['bc/accuracy']:.3f}")
     console.print(f"{result.updates} updates, {result.env_steps:,} decisions, {result.wall_s:.0f} s wall, "
@@ -111,6 +129,10 @@ def evaluate_router_cmd(
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     parallel = parallel_options(workers, ray_address)
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    if plots is not None:
+        check_output_directory(plots, "--plots")
     ppo = f"ppo:{checkpoint}" if checkpoint is not None else "ppo"
     scn = prepare_scenario(scenario, num_requests)
     _, unfit = runnable_routers(scn, [ppo])

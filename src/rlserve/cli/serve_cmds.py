@@ -39,6 +39,12 @@ def serve(
     max_queue_per_replica: int = typer.Option(1024, help="Requests that may wait for a capped replica; then 429."),
     queue_timeout_s: float = typer.Option(30.0, help="Longest wait for an admission slot; then 503."),
     max_attempts: int = typer.Option(3, help="Replicas tried per request when attempts fail before the first byte."),
+    first_byte_timeout_s: float = typer.Option(
+        60.0, help="Longest wait for a replica's first byte (a non-streamed answer's whole response); a replica "
+        "missing it while answering nothing else is taken out until a probe completion succeeds, the request retried "
+        "elsewhere; a slow replica that still answers keeps the request."),
+    client_timeout_s: float = typer.Option(30.0, help="Longest a client may take to send a request (head or "
+                                           "body); also the idle keep-alive time of client connections."),
     health_interval_s: float = typer.Option(1.0, help="Period of the replicas' /health probe."),
     metrics_interval_s: float = typer.Option(1.0, help="Period of the replicas' /metrics scrape (0 = off)."),
     queue_k: int = typer.Option(0, help="Requests per replica listed in the snapshot's queue view."),
@@ -47,6 +53,8 @@ def serve(
     log_level: str = typer.Option("warning", help="Python log level (debug, info, warning, error)."),
 ) -> None:
     """Run an OpenAI-compatible proxy that routes every request with an rlserve policy."""
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"--log-level must be one of debug, info, warning, error, critical; got {log_level!r}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     urls = replica or []
     overrides: dict[str, Any] = {k: v for k, v in (("max_num_seqs", max_num_seqs),
@@ -66,6 +74,7 @@ def serve(
     config = ProxyConfig(replicas=tuple(specs), router=router, seed=seed, host=host, port=port, api_key=api_key,
                          upstream_api_key=upstream_api_key, max_queue_per_replica=max_queue_per_replica,
                          queue_timeout_s=queue_timeout_s, max_attempts=max_attempts,
+                         first_byte_timeout_s=first_byte_timeout_s, client_timeout_s=client_timeout_s,
                          health_interval_s=health_interval_s, metrics_interval_s=metrics_interval_s, queue_k=queue_k)
 
     def started(proxy: RouterProxy) -> None:

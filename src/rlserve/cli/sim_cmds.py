@@ -23,6 +23,7 @@ from rlserve.experiments import (
     runnable_routers,
 )
 from rlserve.metrics import Summary
+from rlserve.outputs import check_output_directory, check_output_file
 from rlserve.scenario import list_scenarios
 from rlserve.sim import BATCHING_MODES
 
@@ -71,6 +72,8 @@ def simulate(
                                      "request_metrics.csv in Vidur's column names).")] = "rlserve",
 ) -> None:
     """Simulate one scenario with one router and print its summary."""
+    if output is not None:
+        check_output_directory(output, "--output")
     if fmt not in ("rlserve", "vidur"):
         raise ConfigError(f"--format must be 'rlserve' or 'vidur', got {fmt!r}")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
@@ -119,6 +122,9 @@ def parse_router_list(routers: str) -> list[str]:
     names = [r.strip() for r in routers.split(",") if r.strip()]
     if not names:
         raise ConfigError("--routers needs at least one router name (or 'all')")
+    repeated = sorted({r for r in names if names.count(r) > 1})
+    if repeated:  # a router listed twice would count its runs twice and shrink its confidence interval
+        raise ConfigError(f"--routers lists {', '.join(repeated)} more than once")
     return names
 
 
@@ -142,6 +148,8 @@ def compare(
     if seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     parallel = parallel_options(workers, ray_address)
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     scn = prepare_scenario(scenario, num_requests, qps, batching)
     names, skipped = runnable_routers(scn, parse_router_list(routers))
     for name, why in skipped.items():

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from rlserve.cli.app import app, console, err_console
-from rlserve.errors import ConfigError
+from rlserve.errors import BackendError, ConfigError
 from rlserve.telemetry.cpu import CpuMonitor
 from rlserve.telemetry.gpu import DEFAULT_GPU_INTERVAL_S, GpuMonitor, NullGpuMonitor, make_gpu_monitor
 from rlserve.telemetry.recorder import Recorder
@@ -53,6 +53,10 @@ def fmt(v: float | None, digits: int = 2) -> str:
 
 
 def _monitors(url: str, gpu_ids: list[str] | None, interval_s: float, cpu: bool) -> Recorder:
+    if not url.startswith(("http://", "https://")) or url.split("//", 1)[1] in ("", "/"):
+        raise ConfigError(f"--url must be a server's base URL such as http://127.0.0.1:8000, got {url!r}")
+    if not (interval_s > 0 and math.isfinite(interval_s)):
+        raise ConfigError(f"the scrape interval must be a finite number > 0, got {interval_s}")
     return Recorder(vllm=VllmMetricsMonitor(url, interval_s),
                     gpu=gpu_monitor_for(gpu_ids_option(gpu_ids), DEFAULT_GPU_INTERVAL_S),
                     cpu=CpuMonitor() if cpu else None)
@@ -121,6 +125,8 @@ def state(
     with rec:
         time.sleep(window_s)
         cur = rec.current()
+    if cur.get("vllm") is None:  # a state vector of nothing but defaults would look like a measurement
+        raise BackendError(f"no /metrics sample from {url} within {window_s:g} s; is the vLLM server up?")
     vec = build_energy_state(cur.get("gpu"), cur.get("cpu"), cur.get("vllm"))
     x, raw, measured = vec.normalized(), vec.values(), vec.measured
     names = StateVector.feature_names()

@@ -20,10 +20,11 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import gymnasium as gym
 import numpy as np
+from pydantic import Field
 
 from rlserve.envs.energy_reward import RewardFn, make_reward
 from rlserve.envs.energy_sim import ControlledServer
@@ -33,6 +34,7 @@ from rlserve.policies.energy.action_space import DEFAULT_NUM_CLOCKS, SEED_CAPS, 
 from rlserve.policies.energy.state import EnergyStateBuilder, EnergyStateConfig
 from rlserve.scenario import Scenario, load_scenario
 from rlserve.sim import ReplicaConfig, build_perf_model
+from rlserve.validation import parse_config
 from rlserve.workload.request import Workload
 
 #: Workload seeds drawn for training episodes are >= this; evaluation uses seeds below it (held out).
@@ -47,9 +49,9 @@ class EnergyEnvConfig:
     interval_s: float = 1.0
     max_episode_s: float = 900.0
     load_scale: tuple[float, float] = (1.0, 1.0)  # arrival-rate factor drawn uniformly per episode
-    block_sizes: tuple[int, ...] = ()  # empty: the scenario's; several: drawn per episode (conditional scheme)
-    caps: tuple[int, ...] = SEED_CAPS
-    num_clocks: int = DEFAULT_NUM_CLOCKS
+    block_sizes: tuple[Annotated[int, Field(ge=1)], ...] = ()  # empty: the scenario's; several: drawn per episode
+    caps: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = SEED_CAPS
+    num_clocks: Annotated[int, Field(ge=1)] = DEFAULT_NUM_CLOCKS
     lowest_clock_mhz: float | None = None
     reward: str = "energy_per_token"
     slo_target: float = 0.99  # attainment the cost in info["cost"] is measured against
@@ -70,23 +72,18 @@ class EnergyEnvConfig:
             raise ConfigError("several env.block_sizes (the conditional scheme) need state.block_size_feature: true, "
                               "or the policy cannot tell the servers apart")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EnergyEnvConfig:
-        """Build from a YAML mapping (unknown keys are an error)."""
+    @staticmethod
+    def normalized(d: Mapping[str, Any]) -> dict[str, Any]:
+        """``d`` with a single scenario name accepted where a list is expected (``scenarios: energy_steady``)."""
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown env keys {sorted(unknown)}; known: {sorted(known)}")
-        state_d = dict(d.pop("state", {}) or {})
-        state_known = {f.name for f in dataclasses.fields(EnergyStateConfig)}
-        if set(state_d) - state_known:
-            raise ConfigError(f"unknown env.state keys {sorted(set(state_d) - state_known)}; "
-                              f"known: {sorted(state_known)}")
-        for key in ("scenarios", "load_scale", "block_sizes", "caps"):
-            if key in d:
-                d[key] = tuple(d[key]) if not isinstance(d[key], str) else (d[key],)
-        return cls(**d, state=EnergyStateConfig(**state_d))
+        if isinstance(d.get("scenarios"), str):
+            d["scenarios"] = [d["scenarios"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "env") -> EnergyEnvConfig:
+        """Build from a YAML mapping, validated (:func:`rlserve.validation.parse_config`)."""
+        return parse_config(cls, cls.normalized(d), source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (checkpoint metadata, result files)."""

@@ -10,15 +10,17 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import yaml
+from pydantic import Field
 
 from rlserve.envs.energy_env import EnergyEnv, EnergyEnvConfig, build_action_space, with_block_size
 from rlserve.envs.energy_eval import control_context, run_metrics
 from rlserve.envs.energy_sim import run_controller
 from rlserve.errors import ConfigError, InputError
+from rlserve.outputs import check_output_dir, write_text_atomic
 from rlserve.parallel import Parallel
 from rlserve.policies.energy import make_controller
 from rlserve.policies.energy.dqn_controller import CHECKPOINT_KIND
@@ -26,6 +28,7 @@ from rlserve.policies.energy.qnet import DuelingQNetwork
 from rlserve.rl.dqn import DQNConfig, DQNTrainResult, train
 from rlserve.rl.dqn_workers import EpisodeWorkers
 from rlserve.scenario import load_scenario
+from rlserve.validation import parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 VALIDATION_SEED_BASE = 700_000
@@ -38,21 +41,15 @@ class EnergyTrainConfig:
     env: EnergyEnvConfig = field(default_factory=EnergyEnvConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
     factored_advantage: bool = False  # advantage = A_cap + A_clock (see rlserve.policies.energy.qnet)
-    validation_seeds: int = 2  # workloads per scenario scoring each checkpoint (0: no validation, no best.pt)
+    validation_seeds: Annotated[int, Field(ge=0)] = 2  # workloads per scenario scoring each checkpoint (0: none)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EnergyTrainConfig:
-        """Build from ``{"env": {...}, "dqn": {...}}`` (unknown keys are an error)."""
-        allowed = {"env", "dqn", "factored_advantage", "validation_seeds"}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ConfigError(f"unknown energy training config keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        dqn = dict(d.get("dqn") or {})
-        if "hidden_sizes" in dqn:
-            dqn["hidden_sizes"] = tuple(dqn["hidden_sizes"])
-        return cls(env=EnergyEnvConfig.from_dict(d.get("env") or {}), dqn=DQNConfig.from_dict(dqn),
-                   factored_advantage=bool(d.get("factored_advantage", False)),
-                   validation_seeds=int(d.get("validation_seeds", 2)))
+    def from_dict(cls, d: Mapping[str, Any], source: str = "energy training config") -> EnergyTrainConfig:
+        """Build from ``{"env": {...}, "dqn": {...}}``, validated (:func:`rlserve.validation.parse_config`)."""
+        d = dict(d)
+        if isinstance(d.get("env"), Mapping):
+            d["env"] = EnergyEnvConfig.normalized(d["env"])
+        return parse_config(cls, d, source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (written beside the checkpoint as ``config.yaml``)."""
@@ -81,35 +78,42 @@ def load_train_config(name_or_path: str | Path) -> EnergyTrainConfig:
                           f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('energy*.yaml')))})")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from exc
-    try:
-        return EnergyTrainConfig.from_dict(doc)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with env: and dqn: sections")
+    return EnergyTrainConfig.from_dict(doc, str(path))
 
 
 def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool = False,
                  on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None,
-                 workers: int | None = None, parallel: Parallel | None = None) -> DQNTrainResult:
+                 workers: int | None = None, parallel: Parallel | None = None,
+                 allow_config_change: bool = False) -> DQNTrainResult:
     """Train a DQN energy controller; writes ``checkpoint.pt``, ``policy.pt``, ``config.yaml``, logs to ``out_dir``.
 
+    A directory that already holds a run is refused unless ``resume`` (a finished run's files are never
+    overwritten); on resume the checkpoint's config is the source of truth (see :func:`stored_train_config`).
     Uses one CPU thread (torch): the networks are small, and the machines this runs on are shared. ``workers``:
     play the episodes on that many Ray actors (:mod:`rlserve.rl.dqn_workers`), on ``parallel``'s Ray (default: a
     local Ray with one CPU per worker).
+
+    Raises:
+        ConfigError: ``out_dir`` holds a run and ``resume`` is off, or is not a directory.
     """
     torch.set_num_threads(1)
     out = Path(out_dir)
+    check_output_dir(out, resume=resume, run_files=RUN_FILES)
+    env = EnergyEnv(config.env)  # before anything is written: a bad scenario or reward leaves no files behind
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    env = EnergyEnv(config.env)
+    if not resume:  # on resume the stored config.yaml stays (the checkpoint's config is the truth)
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     obs_dim = env.config.state.dim
     space = env.action_space_def
     factors = (len(space.concurrency_caps), len(space.sm_clocks_mhz)) if config.factored_advantage else None
     q = DuelingQNetwork(obs_dim, space.n_actions, config.dqn.hidden_sizes, factors)
     metadata = {"action_space": space.to_dict(), "state_config": config.env.state.to_dict(),
                 "hidden_sizes": list(config.dqn.hidden_sizes), "factored_advantage": config.factored_advantage,
-                "env": _plain(config.env.to_dict())}
+                "env": _plain(config.env.to_dict()), "validation_seeds": config.validation_seeds}
     validate = Validator(config.env, config.validation_seeds) if config.validation_seeds > 0 else None
     episode_workers = None
     if workers is not None:
@@ -117,18 +121,35 @@ def train_energy(config: EnergyTrainConfig, out_dir: str | Path, *, resume: bool
                                          parallel or Parallel(workers=workers))
     return train(env, q, config.dqn, kind=CHECKPOINT_KIND, out_dir=out, resume=resume, metadata=metadata,
                  metric_names=EnergyEnv.episode_metric_names, on_episode_end=on_episode_end, validate=validate,
-                 episode_workers=episode_workers)
+                 episode_workers=episode_workers, allow_config_change=allow_config_change)
 
 
 def train_energy_cell(job: tuple[EnergyTrainConfig, Path],
                       on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None) -> Path:
-    """One training run of a sweep (a Ray task body, or a plain call): trains ``job = (config, out_dir)``.
+    """One training run of a sweep (a Ray task body, or a plain call): trains ``job = (config, out_dir)``; a run
+    killed before its policy was chosen continues from its checkpoint.
 
     Returns ``out_dir``; on a Ray cluster it must be on storage every node sees.
     """
     config, out_dir = job
-    train_energy(config, out_dir, on_episode_end=on_episode_end)
+    train_energy(config, out_dir, on_episode_end=on_episode_end, resume=(Path(out_dir) / "checkpoint.pt").is_file())
     return Path(out_dir)
+
+
+RUN_FILES = ("checkpoint.pt", "policy.pt", "best.pt", "progress.csv")
+"""Files whose presence means ``out_dir`` holds a training run."""
+
+
+def stored_train_config(out: Path) -> EnergyTrainConfig:
+    """The training config a run in ``out`` was started with, from its checkpoint (the source of truth)."""
+    from rlserve.rl.checkpoints import load_checkpoint
+
+    ck = load_checkpoint(out / "checkpoint.pt", kind=CHECKPOINT_KIND)
+    meta = ck["metadata"]
+    doc = {"env": meta["env"], "dqn": ck["config"], "factored_advantage": meta["factored_advantage"]}
+    if "validation_seeds" in meta:
+        doc["validation_seeds"] = meta["validation_seeds"]
+    return EnergyTrainConfig.from_dict(doc, str(out / "checkpoint.pt"))
 
 
 class Validator:

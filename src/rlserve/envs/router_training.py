@@ -119,7 +119,7 @@ def router_validator(cfg: TrainConfig) -> Callable[[Path], float]:
 def train_router(cfg: TrainConfig, out_dir: str | Path | None, *, resume: bool = False,
                  stop_after_updates: int | None = None,
                  progress: Callable[[int, int, dict[str, float]], None] | None = None,
-                 rollout_workers: RolloutWorkers | None = None) -> TrainResult:
+                 rollout_workers: RolloutWorkers | None = None, allow_config_change: bool = False) -> TrainResult:
     """Train the PPO router (stabilisation → BC from heuristics → PPO) and write ``out_dir/checkpoint.pt``.
 
     ``rollout_workers``: collect PPO rollouts on Ray actors (see :mod:`rlserve.rl.rollout_workers`).
@@ -129,4 +129,4 @@ def train_router(cfg: TrainConfig, out_dir: str | Path | None, *, resume: bool =
     return train(cfg, env_fns, out_dir=out_dir, resume=resume, demonstrator=router_demonstrator(cfg.warm_start),
                  metadata=router_metadata(cfg), info_keys=RoutingEnv.info_keys(cfg.reward),
                  stop_after_updates=stop_after_updates, progress=progress, validate=validate,
-                 rollout_workers=rollout_workers)
+                 rollout_workers=rollout_workers, allow_config_change=allow_config_change)

@@ -67,7 +67,7 @@ def perf_model(gpu: GpuSpec, model: ModelSpec, tp: int, knobs: Mapping[str, floa
                device: Mapping[str, Any] | None = None) -> ReplicaPerfModel:
     """The perf model with ``knobs`` (calibration fields and engine overheads) and ``device`` fields applied."""
     gpu, engine = with_knobs(gpu, knobs, device)
-    return ReplicaPerfModel(gpu, model, tp=tp, **engine)
+    return ReplicaPerfModel(gpu, model, tp=tp, power_split=None, **engine)
 
 
 def predict(perf: ReplicaPerfModel, prefills: Sequence[tuple[int, float]],

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rlserve.envs.router_state import StateBuilder
-from rlserve.errors import ConfigError
+from rlserve.errors import BackendError, ConfigError
 from rlserve.rl.actor_critic import ActorCritic, ReplicaSetActorCritic
 from rlserve.rl.actor_inference import CompiledActor, CompiledReplicaSetActor
 from rlserve.rl.checkpoints import load_checkpoint
@@ -134,10 +134,14 @@ class PPORouter:
         else:
             obs = self.state_builder.build(snapshot, request)
         logits, self._hidden = self.actor.step(obs, self._hidden)
+        top = logits.max()  # NaN or +inf when there is one: one check suffices
+        if not top - top == 0:
+            raise BackendError(f"the PPO policy produced non-finite logits {logits.tolist()} for this snapshot (a "
+                               "corrupt checkpoint or observation); no replica chosen")
         if self.temperature is None:
             # ties (identical replicas in identical states) broken at random, as the heuristics do: taking the
             # first would make the result depend on the order the replicas are listed in
-            best = np.flatnonzero(logits == logits.max())
+            best = np.flatnonzero(logits == top)
             return int(best[0]) if best.size == 1 else int(best[self._rng.integers(best.size)])
         z = logits.astype(np.float64) / self.temperature
         p = np.exp(z - z.max())

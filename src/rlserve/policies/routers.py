@@ -84,13 +84,21 @@ class JoinShortestQueueRouter(_Seeded):
 
 @register_router("least_kv")
 class LeastKvRouter(_Seeded):
-    """Lowest KV-cache usage fraction (vLLM ``kv_cache_usage_perc``), as KV-aware routers do."""
+    """Lowest KV-cache usage fraction (vLLM ``kv_cache_usage_perc``), as KV-aware routers do.
+
+    When a replica's KV size is unknown (a proxy whose /metrics scrape is off, failing or garbage reports
+    ``kv_blocks_total == 0``), usage fractions cannot be compared: the router then degrades to what it does know,
+    the fewest outstanding requests, rather than comparing a guess against measurements.
+    """
 
     name = "least_kv"
 
     def select(self, request: Request, snapshot: ClusterSnapshot) -> int:
-        """Replica with the most free KV cache relative to its size."""
-        return fair_argmin([r.kv_blocks_used / r.kv_blocks_total for r in snapshot.replicas], self.rng)
+        """Replica with the most free KV cache relative to its size (fewest outstanding if a size is unknown)."""
+        reps = snapshot.replicas
+        if all(r.kv_blocks_total > 0 for r in reps):
+            return fair_argmin([r.kv_blocks_used / r.kv_blocks_total for r in reps], self.rng)
+        return fair_argmin([r.num_waiting + r.num_running for r in reps], self.rng)
 
 
 @register_router("power_of_two")

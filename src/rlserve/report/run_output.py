@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rlserve.metrics import RequestRecords, Summary
+from rlserve.outputs import write_atomic, write_text_atomic
 
 
 def _json_safe(x: Any) -> Any:
@@ -26,8 +27,8 @@ def _json_safe(x: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented strict JSON (NaN -> null)."""
-    Path(path).write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    """Write ``obj`` as indented strict JSON (NaN -> null), atomically (a reader never sees half a file)."""
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def latency_cdf_plot(records_by_label: dict[str, RequestRecords], path: str | Path) -> None:
@@ -51,13 +52,14 @@ def latency_cdf_plot(records_by_label: dict[str, RequestRecords], path: str | Pa
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
 def save_run(out_dir: str | Path, records: RequestRecords, summary: Summary, meta: dict[str, Any],
              label: str = "run") -> dict[str, Path]:
-    """Write ``requests.parquet``, ``summary.json`` (summary + run metadata) and ``latency_cdf.png``."""
+    """Write ``requests.parquet``, ``summary.json`` (summary + run metadata) and ``latency_cdf.png``, each
+    atomically (temporary file + rename: an interrupted write never leaves half a result)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"requests": out / "requests.parquet", "summary": out / "summary.json", "plot": out / "latency_cdf.png"}

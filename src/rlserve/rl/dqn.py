@@ -41,17 +41,25 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from rlserve.errors import ConfigError
-from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from rlserve.rl.checkpoints import (
+    check_resume_config,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from rlserve.rl.logger import CSVWriter, Logger, TensorBoardWriter
+from rlserve.validation import parse_config
 
 if TYPE_CHECKING:
     from rlserve.rl.dqn_workers import EpisodeWorkers
@@ -61,52 +69,52 @@ if TYPE_CHECKING:
 class DQNConfig:
     """Hyper-parameters of the DQN trainer (each field once; defaults suit the energy controller)."""
 
-    total_steps: int = 60_000
+    total_steps: Annotated[int, Field(ge=1)] = 60_000
     """Environment steps to train for (rounded up to the end of the episode in progress)."""
-    learning_rate: float = 5e-4
+    learning_rate: Annotated[float, Field(gt=0)] = 5e-4
     """Adam step size (the seed used 1e-4 with 256-wide layers; smaller nets tolerate more)."""
     gamma: float = 0.98
     """Discount per decision; 0.98 at one decision per second looks ~50 s ahead, a few request lifetimes."""
-    buffer_size: int = 100_000
+    buffer_size: Annotated[int, Field(ge=1)] = 100_000
     """Replay capacity in transitions (older ones are overwritten)."""
-    batch_size: int = 64
+    batch_size: Annotated[int, Field(ge=1)] = 64
     """Transitions per gradient step."""
-    learning_starts: int = 2_000
+    learning_starts: Annotated[int, Field(ge=0)] = 2_000
     """Steps of pure exploration before the first gradient step (fills the buffer)."""
-    train_frequency: int = 1
+    train_frequency: Annotated[int, Field(ge=1)] = 1
     """Environment steps between gradient steps."""
-    target_update_interval: int = 500
+    target_update_interval: Annotated[int, Field(ge=1)] = 500
     """Gradient steps between hard copies of the online network into the target network."""
     eps_start: float = 1.0
     """Initial exploration rate."""
     eps_end: float = 0.05
     """Final exploration rate (the seed's floor was 0.1)."""
-    eps_decay_steps: int = 30_000
+    eps_decay_steps: Annotated[int, Field(ge=1)] = 30_000
     """Steps over which epsilon decays linearly (the seed decayed by 1e-5 per step, i.e. 90,000 steps)."""
-    max_grad_norm: float = 10.0
+    max_grad_norm: Annotated[float, Field(gt=0)] = 10.0
     """Global gradient-norm clip."""
-    huber_delta: float = 1.0
+    huber_delta: Annotated[float, Field(gt=0)] = 1.0
     """Huber loss threshold: quadratic below it, linear above (robust to rare large TD errors)."""
     double: bool = True
     """Double DQN target (online argmax, target evaluation); False = classic max over the target network."""
     lagrangian: bool = False
     """Treat ``info["cost"]`` as a constrained quantity with an adaptive multiplier (see the module docstring)."""
-    lagrange_init: float = 1.0
+    lagrange_init: Annotated[float, Field(ge=0)] = 1.0
     """Initial multiplier."""
-    lagrange_lr: float = 1.0
+    lagrange_lr: Annotated[float, Field(ge=0)] = 1.0
     """Dual step size per episode, applied to (episode mean cost per step - ``cost_limit``)."""
-    lagrange_max: float = 20.0
+    lagrange_max: Annotated[float, Field(ge=0)] = 20.0
     """Upper bound of the multiplier (keeps one bad episode from swamping the reward)."""
     cost_limit: float = 0.0
     """Allowed mean cost per step."""
-    n_step: int = 1
+    n_step: Annotated[int, Field(ge=1)] = 1
     """Steps of real reward before bootstrapping (Sutton 1988; Rainbow uses 3): a penalty reaches the decision
     that caused it n times faster, at the price of some off-policy bias."""
-    hidden_sizes: tuple[int, ...] = (128, 128)
+    hidden_sizes: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (128, 128)
     """Widths of the Q-network's hidden layers (used by callers that build the network from the config)."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
     """Seeds network initialisation, exploration, replay sampling and the episode seeds."""
-    checkpoint_interval: int = 10_000
+    checkpoint_interval: Annotated[int, Field(ge=0)] = 10_000
     """Steps between checkpoints (written at the next episode end; 0 = only at the end)."""
 
     def __post_init__(self) -> None:
@@ -123,12 +131,10 @@ class DQNConfig:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DQNConfig:
-        """Build from a YAML mapping; unknown keys are an error (no silently ignored typos)."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown DQN config keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any], source: str = "dqn") -> DQNConfig:
+        """Build from a YAML mapping, validated (:func:`rlserve.validation.parse_config`: unknown keys, types and
+        the ranges declared on the fields)."""
+        return parse_config(cls, dict(d), source)
 
 
 class ReplayBatch(NamedTuple):
@@ -357,11 +363,13 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
           episode_seed: Callable[[int], int] | None = None,
           on_episode_end: Callable[[int, Mapping[str, Any]], None] | None = None,
           validate: Callable[[Path], float] | None = None,
-          episode_workers: EpisodeWorkers | None = None) -> DQNTrainResult:
+          episode_workers: EpisodeWorkers | None = None, allow_config_change: bool = False) -> DQNTrainResult:
     """Train ``q_network`` on ``env`` and write checkpoints to ``out_dir``.
 
     Args:
         kind: checkpoint kind tag (``"dqn_energy"``), checked when loading.
+        resume: continue from ``out_dir/checkpoint.pt`` bit-for-bit. ``config`` and ``metadata`` must equal the
+            stored ones except for ``total_steps``, unless ``allow_config_change``.
         logger: where statistics go (default: :func:`default_logger` under ``out_dir``, nothing without it).
         metadata: stored in every checkpoint beside the weights (observation/action/reward config), so the
             deployed controller rebuilds exactly what it was trained with.
@@ -391,11 +399,16 @@ def train(env: gym.Env, q_network: nn.Module, config: DQNConfig, *, kind: str, o
         if out is None:
             raise ConfigError("resume needs the output directory of the run to continue")
         ck = load_checkpoint(out / CHECKPOINT_NAME, kind=kind)
+        check_resume_config(out / CHECKPOINT_NAME, {"dqn": ck["config"], "metadata": ck["metadata"]},
+                            {"dqn": asdict(config), "metadata": dict(metadata or {})}, total_key="dqn.total_steps",
+                            schedule_depends_on_total=False, allow_change=allow_config_change)
         agent.load_state_dict(ck["agent"])
         restore_rng_state(ck["rng"], {"agent": rng})
         episode, returns = int(ck["episode"]), list(ck["episode_returns"])
         best_score = float(ck.get("best_score", -math.inf))
     log = logger if logger is not None else (default_logger(out, metric_names) if out is not None else Logger())
+    if resume:
+        log.discard_after(agent.steps)  # rows the interrupted run logged after its last checkpoint come again
     next_ckpt = agent.steps + config.checkpoint_interval if config.checkpoint_interval else None
     ck_path = None
     pool = None

@@ -13,11 +13,17 @@ dump) and never changes within a file; a key outside the schema is an error rath
 column, and a column missing from one dump is written empty (CSV) or null (Parquet). TensorBoard tags can be
 renamed per prefix (the PPO router maps ``train/`` to ``PPO/``, ``rollout/reward`` to ``Reward/``...), so
 dashboards keep their conventional names while files keep the logger's.
+
+Kill and resume: a resumed run continues from its last checkpoint, so rows logged after that checkpoint by the
+killed run would be logged again. :meth:`Logger.discard_after` (called by the trainers on resume) drops them from
+the files first, so every step appears once. The Parquet writer rewrites its file atomically every
+``flush_every`` dumps, so a kill loses at most that many rows (the CSV writer flushes every row).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -27,6 +33,7 @@ from typing import IO, Protocol
 import numpy as np
 
 from rlserve.errors import InputError
+from rlserve.outputs import write_atomic, write_text_atomic
 
 
 class Writer(Protocol):
@@ -108,17 +115,49 @@ class CSVWriter:
             self._file.close()
             self._file = self._writer = None
 
+    def discard_after(self, step: int) -> None:
+        """Drop the rows of steps after ``step`` from an existing file (a resumed run logs them again)."""
+        self.close()
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and _step_of(r[0]) <= step]
+        if len(kept) == len(rows):
+            return
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        write_text_atomic(self.path, text.getvalue())
+
+
+def _step_of(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return float("inf")  # an unreadable row (a torn last line of a killed run): dropped
+
 
 class ParquetWriter:
-    """Buffers rows and writes one Parquet file with a fixed float64 schema on ``close`` (and ``flush``).
+    """Buffers rows and writes one Parquet file with a fixed float64 schema every ``flush_every`` dumps and on
+    ``close``.
 
-    Parquet files cannot be appended to, so the whole table is rewritten by ``flush``; call it at checkpoints.
+    Parquet files cannot be appended to, so the whole table is rewritten (to a temporary file renamed over the
+    old one: a kill mid-write leaves the previous table). An existing file (a resumed run) is read back first.
     """
 
-    def __init__(self, path: str | Path, fieldnames: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | Path, fieldnames: Sequence[str] | None = None, flush_every: int = 10) -> None:
         self.path = Path(path)
         self.fieldnames: list[str] | None = list(fieldnames) if fieldnames is not None else None
+        self.flush_every = flush_every
         self.rows: list[dict[str, float]] = []
+        if self.path.exists():
+            import pyarrow.parquet as pq
+
+            try:
+                self.rows = pq.read_table(str(self.path)).to_pylist()
+            except Exception as exc:  # pyarrow raises several types for foreign or torn files
+                raise InputError(f"{self.path} cannot be read as Parquet ({type(exc).__name__}); use a fresh "
+                                 "output directory") from None
 
     def write(self, scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray], step: int) -> None:
         """Buffer one row."""
@@ -128,16 +167,22 @@ class ParquetWriter:
         if extra:
             raise KeyError(f"keys {sorted(extra)} are not in the Parquet schema of {self.path}")
         self.rows.append({"step": float(step), **scalars})
+        if len(self.rows) % self.flush_every == 0:
+            self.flush()
 
     def flush(self) -> None:
-        """Write all buffered rows (the file always holds the full table)."""
+        """Write all buffered rows (the file always holds the full table), atomically."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         names = ["step", *(self.fieldnames or [])]
         cols = {k: pa.array([r.get(k) for r in self.rows], type=pa.float64()) for k in names}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), str(self.path))
+        table = pa.table(cols)
+        write_atomic(self.path, lambda f: pq.write_table(table, f))
+
+    def discard_after(self, step: int) -> None:
+        """Drop the rows of steps after ``step`` (a resumed run logs them again)."""
+        self.rows = [r for r in self.rows if r["step"] <= step]
 
     def close(self) -> None:
         """Write the table."""
@@ -155,7 +200,8 @@ class TensorBoardWriter:
     def __init__(self, log_dir: str | Path, rename: Mapping[str, str] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = str(log_dir)
+        self.writer = SummaryWriter(log_dir=self.log_dir)
         self.rename = sorted((rename or {}).items(), key=lambda kv: -len(kv[0]))
 
     def tag(self, key: str) -> str:
@@ -177,6 +223,13 @@ class TensorBoardWriter:
     def close(self) -> None:
         """Close the event file."""
         self.writer.close()
+
+    def discard_after(self, step: int) -> None:
+        """Start a new event file that tells TensorBoard to drop the events after ``step`` (its purge marker)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=step + 1)
 
 
 class Logger:
@@ -223,3 +276,10 @@ class Logger:
         """Close every writer."""
         for w in self.writers:
             w.close()
+
+    def discard_after(self, step: int) -> None:
+        """Resume at ``step``: writers that keep files drop the rows logged after it by the interrupted run."""
+        for w in self.writers:
+            discard = getattr(w, "discard_after", None)
+            if discard is not None:
+                discard(step)

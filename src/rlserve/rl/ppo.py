@@ -44,7 +44,13 @@ from torch.distributions import Categorical, kl_divergence
 from rlserve.errors import ConfigError, InputError
 from rlserve.rl.actor_critic import ActorCritic, RecurrentPolicy, ReplicaSetActorCritic
 from rlserve.rl.bc import Demonstrations, behaviour_clone
-from rlserve.rl.checkpoints import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from rlserve.rl.checkpoints import (
+    check_resume_config,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from rlserve.rl.config import TrainConfig
 from rlserve.rl.logger import CSVWriter, Logger, ParquetWriter, StdoutWriter, TensorBoardWriter, Writer
 from rlserve.rl.normalizers import ObsNormalizer, ReplicaSetNormalizer, ReturnScaler, RunningNormalizer
@@ -245,14 +251,16 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
           info_keys: Sequence[str] = (), stop_after_updates: int | None = None,
           progress: Callable[[int, int, dict[str, float]], None] | None = None,
           validate: Callable[[Path], float] | None = None,
-          rollout_workers: RolloutWorkers | None = None) -> TrainResult:
+          rollout_workers: RolloutWorkers | None = None, allow_config_change: bool = False) -> TrainResult:
     """Train a recurrent actor-critic with PPO on ``len(env_fns)`` lockstep environments.
 
     Args:
         cfg: the whole configuration (``cfg.ppo.num_envs`` must equal ``len(env_fns)``).
         env_fns: constructors of deterministic environments with flat Box observations and Discrete actions.
         out_dir: where ``checkpoint.pt``, metrics and TensorBoard files go; ``None`` writes nothing.
-        resume: continue from ``out_dir/checkpoint.pt`` bit-for-bit.
+        resume: continue from ``out_dir/checkpoint.pt`` bit-for-bit. ``cfg`` must equal the stored config except
+            for a larger ``total_updates`` (only without ``ppo.anneal_lr``, whose schedule is relative to the total),
+            unless ``allow_config_change``.
         demonstrator: warm-start actions; without one, stabilisation acts at random and BC is skipped.
         metadata: stored in the checkpoint as is (the router stores its state layout here).
         info_keys: numeric ``info`` entries (``rollout/...`` / ``system/...``) averaged and logged per update.
@@ -300,6 +308,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
     if resume:
         assert ck_path is not None
         data = load_checkpoint(ck_path, kind=CHECKPOINT_KIND)
+        check_resume_config(ck_path, data["config"], cfg.to_dict(), total_key="total_updates",
+                            schedule_depends_on_total=p.anneal_lr, allow_change=allow_config_change)
         check_compatible(data, obs_dim, action_dim)
         model.load_state_dict(data["model"])
         optimizer.load_state_dict(data["optimizer"])
@@ -332,6 +342,8 @@ def train(cfg: TrainConfig, env_fns: Sequence[Callable[[], gym.Env]], *, out_dir
         masks = torch.zeros(p.num_envs)  # every environment is at an episode start (hidden state from zero)
 
     logger = _make_logger(cfg, out, action_dim, info_keys)
+    if resume:
+        logger.discard_after(update)  # rows the interrupted run logged after its last checkpoint come again
 
     def save(best: float) -> None:
         """Write the training state as it is now (``best``: the best validation score so far)."""

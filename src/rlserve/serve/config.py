@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from yarl import URL
 
 from rlserve.errors import ConfigError, InputError
+from rlserve.validation import parse_config
 
 if TYPE_CHECKING:
     from rlserve.sim.config import ReplicaConfig
@@ -97,6 +99,12 @@ class ReplicaSpec:
         _positive("prefill_tokens_per_s", self.prefill_tokens_per_s)
         _positive("sm_clock_mhz", self.sm_clock_mhz, allow_zero=True)
 
+    @property
+    def public_url(self) -> str:
+        """``url`` without credentials or query (``http://user:key@host/?token=..`` -> ``http://host``): the form
+        that may appear in /metrics labels, admin answers and logs."""
+        return public_url(self.url)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReplicaSpec:
         """Build from a mapping (YAML); unknown keys are an error that lists the known ones."""
@@ -107,6 +115,11 @@ class ReplicaSpec:
         if "url" not in d:
             raise ConfigError("every replica needs a 'url'")
         return cls(**d)
+
+
+def public_url(url: str) -> str:
+    """``url`` with any user, password and query removed (they may hold credentials)."""
+    return str(URL(url).with_user(None).with_query(None))
 
 
 def replica_spec_from_sim(url: str, replica: ReplicaConfig, **overrides: Any) -> ReplicaSpec:
@@ -129,15 +142,13 @@ def load_replicas_file(path: str | Path) -> tuple[ReplicaSpec, ...]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read replicas file {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = str(exc).replace("\n", " ")
+        raise InputError(f"cannot read replicas file {path}: {why}") from None
     items = data.get("replicas") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items or not all(isinstance(x, dict) for x in items):
         raise InputError(f"{path}: expected a top-level 'replicas:' list of mappings, each with a 'url'")
-    try:
-        return tuple(ReplicaSpec.from_dict(x) for x in items)
-    except ConfigError as exc:
-        raise InputError(f"{path}: {exc}") from exc
+    return tuple(parse_config(ReplicaSpec, x, f"{path}: replicas[{i}]") for i, x in enumerate(items))
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,15 @@ class ProxyConfig:
     connect_timeout_s: float = 3.0
     upstream_idle_timeout_s: float = 600.0
     """Longest silence from a replica while reading its response; then the attempt counts as failed."""
+    first_byte_timeout_s: float = 60.0
+    """Longest wait for a replica's first byte after the request was sent: a streamed answer's first event, or a
+    non-streamed answer's response (which vLLM sends only when generation ends, so long non-streamed generations
+    need a larger value). A replica that misses it and answered nothing else for as long is wedged: taken out of
+    rotation until a probe completion succeeds on it, the request retried on another replica (up to
+    ``max_attempts``). One that answered something meanwhile is slow, not wedged: the request keeps waiting."""
+    client_timeout_s: float = 30.0
+    """Longest a client may take to send a request's head (then the connection is closed) or its body (then HTTP
+    408); also how long an idle keep-alive connection from a client stays open."""
     health_interval_s: float = 1.0
     """Period of the GET /health probe of every replica."""
     health_timeout_s: float = 2.0
@@ -197,8 +217,8 @@ class ProxyConfig:
         _positive_int("max_queue_per_replica", self.max_queue_per_replica)
         _positive_int("max_attempts", self.max_attempts)
         _positive_int("default_max_tokens", self.default_max_tokens)
-        for name in ("queue_timeout_s", "connect_timeout_s", "upstream_idle_timeout_s", "health_interval_s",
-                     "health_timeout_s", "chars_per_token"):
+        for name in ("queue_timeout_s", "connect_timeout_s", "upstream_idle_timeout_s", "first_byte_timeout_s",
+                     "client_timeout_s", "health_interval_s", "health_timeout_s", "chars_per_token"):
             _positive(name, getattr(self, name))
         _positive("metrics_interval_s", self.metrics_interval_s, allow_zero=True)
         if isinstance(self.prefix_index_blocks, bool) or not isinstance(self.prefix_index_blocks, int) or \

@@ -11,6 +11,10 @@ Every ``interval_s`` the loop
    own ``max_num_seqs`` is fixed at start-up) and the clock through the :class:`ClockActuator` (a dry run,
    only logged, unless ``apply_clocks``).
 
+On exit (end of ``duration_s``, Ctrl-C, an error) the loop gives back what it changed: the clocks (the
+actuator's context) and the replica's admission cap as it was before the loop started (``None`` = uncapped), so a
+stopped controller leaves no throttle behind on the proxy.
+
 ``arrivals_total`` of the snapshot is the replica's completed + outstanding requests (the proxy counts arrivals
 for the whole cluster, the controller needs them for its replica).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +66,17 @@ class ProxyAdmin:
             raise ConfigError(f"the proxy at {self.url} has replicas 0..{len(replicas) - 1}, not {index}")
         return replica_state_from_json(replicas[index]["state"])
 
-    def set_concurrency_cap(self, index: int, cap: int) -> None:
-        """Admission cap of the replica (applies at once in the proxy)."""
-        self._call("PUT", f"/admin/replicas/{index}/concurrency_cap", json={"cap": int(cap)})
+    def concurrency_cap(self, index: int) -> int | None:
+        """The replica's admission cap now (``None`` = uncapped)."""
+        replicas = self._call("GET", "/admin/replicas").get("replicas", [])
+        if not 0 <= index < len(replicas):
+            raise ConfigError(f"the proxy at {self.url} has replicas 0..{len(replicas) - 1}, not {index}")
+        cap = replicas[index].get("cap")
+        return None if cap is None else int(cap)
+
+    def set_concurrency_cap(self, index: int, cap: int | None) -> None:
+        """Admission cap of the replica (applies at once in the proxy); ``None`` removes it."""
+        self._call("PUT", f"/admin/replicas/{index}/concurrency_cap", json={"cap": None if cap is None else int(cap)})
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         try:
@@ -163,10 +176,12 @@ class EnergyLoop:
         return rec
 
     def run(self, *, duration_s: float | None = None, stop: threading.Event | None = None) -> list[LoopDecision]:
-        """Tick every ``interval_s`` until ``duration_s`` passes or ``stop`` is set (clocks restored on exit)."""
+        """Tick every ``interval_s`` until ``duration_s`` passes or ``stop`` is set (clocks and cap restored on
+        exit)."""
         stop = stop or threading.Event()
         start = time.monotonic()
         self.controller.reset()
+        initial_cap = self.admin.concurrency_cap(self.replica)
         with self.actuator:
             self.gpu.start()
             try:
@@ -177,4 +192,11 @@ class EnergyLoop:
                     stop.wait(max(0.0, next_t - time.monotonic()))
             finally:
                 self.gpu.stop()
+                if self._cap is not None and self._cap != initial_cap:
+                    try:
+                        self.admin.set_concurrency_cap(self.replica, initial_cap)
+                        self._cap = None
+                    except BackendError as exc:  # the proxy is gone (its caps went with it): say so, keep the cause
+                        warnings.warn(f"could not give replica {self.replica} its cap {initial_cap} back: {exc}",
+                                      stacklevel=2)
         return self.decisions

@@ -21,6 +21,13 @@ In-process API (for an energy controller living in the same process; thread-safe
     proxy.snapshot()                          # ClusterSnapshot with eagerly built replica states
 
 HTTP admin API: ``GET /admin/replicas``; ``PUT /admin/replicas/{i}/concurrency_cap`` with ``{"cap": int|null}``.
+
+Hostile or broken peers: every answer the proxy itself gives is an OpenAI-shaped error (unknown path 404, wrong
+method 405, body over 64 MiB 413, body not sent within ``client_timeout_s`` 408, a body no OpenAI server accepts
+400, an unexpected failure 500 with one log line), counted in ``rlserve_proxy_errors_total``. A replica that sends
+no first byte within ``first_byte_timeout_s`` is held down (see :mod:`rlserve.serve.probes`) and the request is
+retried elsewhere; a stream that ends without ``data: [DONE]`` reaches the client as an error event, never as a
+normal end. Clients never see replica URLs or connection errors (logs do, with credentials removed).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
-from rlserve.errors import ConfigError
+from rlserve.errors import ConfigError, InputError
 from rlserve.policies.base import Router, check_fits, make_router
 from rlserve.prefix_index import DEFAULT_BLOCK_SIZE, PrefixIndex, text_block_hashes
 from rlserve.serve.admission import ReplicaDown
@@ -67,7 +74,57 @@ _T = TypeVar("_T")
 
 
 class _AttemptFailed(Exception):
-    """An attempt failed before any byte reached the client: the request may go to another replica."""
+    """An attempt failed before any byte reached the client: the request may go to another replica.
+
+    The message is what a client may read (replica index and a generic reason); details go to the log."""
+
+
+_HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large"}
+
+
+class _FirstByteWatch:
+    """``async with``: the first-byte deadline of one attempt, which tells a wedged replica from a slow one.
+
+    At the deadline, a replica that answered something (another request's first byte or completion) within the
+    last ``first_byte_timeout_s`` is making progress -- overloaded, not wedged -- so the attempt keeps waiting and
+    the watch looks again one deadline after that answer; abandoning it would only move its load onto the other
+    replicas and turn overload into errors. A replica that answered nothing for a whole deadline is wedged: the
+    wait is cancelled (``TimeoutError``, :attr:`expired` set). Costs one timer per attempt.
+    """
+
+    __slots__ = ("_proxy", "_index", "_by", "_timeout", "_handle", "expired")
+
+    def __init__(self, proxy: RouterProxy, book: ReplicaBook, by_monotonic_s: float) -> None:
+        self._proxy = proxy
+        self._index = book.index
+        self._by = by_monotonic_s
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+        self.expired = False
+
+    async def __aenter__(self) -> _FirstByteWatch:
+        await self._timeout.__aenter__()
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, self._by - time.monotonic()), self._check)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(*exc)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._proxy.config.first_byte_timeout_s
+        since = time.monotonic() - self._proxy._progress_s[self._index]
+        if since < deadline:  # slow, not wedged: look again one deadline after its last answer
+            self._handle = loop.call_later(deadline - since, self._check)
+        else:
+            self.expired = True
+            self._timeout.reschedule(loop.time())  # cancels the wait now; leaves the block as TimeoutError
+
+
+def _json_error(status: int, type_: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": type_, "code": status}}, status=status)
 
 
 class RouterProxy:
@@ -102,6 +159,10 @@ class RouterProxy:
         self._loop_thread: int | None = None
         self._observe_decision = self.metrics.decision_s.observe
         self._urls: dict[tuple[int, str], URL] = {}  # (replica, path) -> parsed upstream URL
+        self._router_error: str | None = None  # why the last routing decision failed (None: it succeeded)
+        # monotonic time of each replica's last answer (a first byte or a completion); the start counts as one, so a
+        # replica gets one first-byte deadline to answer its first request before it can be judged wedged
+        self._progress_s = [time.monotonic()] * len(self.books)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -122,10 +183,10 @@ class RouterProxy:
             auto_decompress=False,
         )
         self._prober = ReplicaProber(self._session, self.books, cfg.health_interval_s, cfg.health_timeout_s,
-                                     cfg.metrics_interval_s, self.set_health)
+                                     cfg.metrics_interval_s, self.set_health, cfg.first_byte_timeout_s)
         await self._prober.probe_all()
         self._prober.start()
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[self._openai_errors])
         app.router.add_post("/v1/completions", self._handle_generate)
         app.router.add_post("/v1/chat/completions", self._handle_generate)
         app.router.add_get("/v1/models", self._handle_models)
@@ -135,10 +196,18 @@ class RouterProxy:
         app.router.add_put("/admin/replicas/{index}/concurrency_cap", self._handle_admin_cap)
         # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream connection
         # (vLLM then aborts the generation) and releases the admission slot.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+        # keepalive_timeout also closes a connection whose request head never completes (aiohttp arms it at
+        # connection start), so half-sent headers cannot hold a connection open for aiohttp's default hour.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
+                                     keepalive_timeout=cfg.client_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=4096, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc}); pick another --port "
+                              "or stop what uses it") from None
         self.port = self._runner.addresses[0][1]  # the bound port (differs from cfg.port when that is 0)
         log.info("rlserve proxy on %s routing with %s over %d replicas", self.url, self.router.name, len(self.books))
 
@@ -209,9 +278,9 @@ class RouterProxy:
             return
         book.healthy = healthy
         if healthy:
-            log.warning("replica %d (%s) is up again", replica, book.spec.url)
+            log.warning("replica %d (%s) is up again", replica, book.spec.public_url)
         else:
-            log.warning("replica %d (%s) is down: %s", replica, book.spec.url, reason)
+            log.warning("replica %d (%s) is down: %s", replica, book.spec.public_url, reason)
             book.gate.fail_waiters()
 
     # --- routing ------------------------------------------------------------------------------------------------
@@ -239,14 +308,17 @@ class RouterProxy:
         try:
             choice = self.router.select(request, snapshot)
         except Exception as exc:  # a policy bug must not take the proxy down
-            log.exception("router %s failed", self.router.name)
-            raise ProxyError(500, "router_failed", f"router {self.router.name} raised {type(exc).__name__}: "
-                             f"{exc}") from exc
+            if self._router_error is None:  # one traceback per failing streak, not one per request
+                log.exception("router %s failed", self.router.name)
+            self._router_error = f"router {self.router.name} raised {type(exc).__name__}"
+            raise ProxyError(500, "router_failed", f"{self._router_error}: {exc}") from exc
         self._observe_decision(time.perf_counter() - t0)
         if isinstance(choice, int | np.integer) and not isinstance(choice, bool) and 0 <= choice < len(books):
+            if self._router_error is not None:
+                self._router_error = None
             return int(choice)
-        raise ProxyError(500, "router_failed", f"router {self.router.name} chose replica {choice!r}, not an index "
-                         f"in [0, {len(books) - 1}]")
+        self._router_error = f"router {self.router.name} chose replica {choice!r}"
+        raise ProxyError(500, "router_failed", f"{self._router_error}, not an index in [0, {len(books) - 1}]")
 
     def _fallback(self, tried: set[int]) -> int | None:
         """The untried replica to use instead: healthy ones first, then by fewest outstanding requests."""
@@ -272,23 +344,56 @@ class RouterProxy:
         headers = None if exc.retry_after_s is None else {"Retry-After": str(max(1, round(exc.retry_after_s)))}
         return web.json_response(exc.body(), status=exc.status, headers=headers)
 
+    @web.middleware
+    async def _openai_errors(self, request: web.Request,
+                             handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """aiohttp's own answers (unknown path, wrong method, body too large) as OpenAI-shaped, counted errors."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            kind = _HTTP_ERROR_TYPES.get(exc.status, "invalid_request")
+            self.metrics.count_error(kind)
+            message = exc.reason if exc.status != 413 else f"request body larger than {_MAX_BODY_BYTES} bytes"
+            return _json_error(exc.status, kind, f"{message}: {request.method} {request.path[:200]}"
+                               if exc.status in (404, 405) else message)
+
     async def _handle_generate(self, request: web.Request) -> web.StreamResponse:
         try:
             self._check_auth(request)
-            raw = await request.read()
+            try:
+                async with asyncio.timeout(self.config.client_timeout_s):
+                    raw = await request.read()
+            except TimeoutError:
+                raise ProxyError(408, "request_timeout", f"the request body was not received within "
+                                 f"{self.config.client_timeout_s:g} s") from None
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 body = None
+            except RecursionError:
+                raise ProxyError(400, "invalid_request", "the request body is nested too deeply") from None
             if not isinstance(body, dict):
                 raise ProxyError(400, "invalid_request", "the request body must be a JSON object")
             return await self._route(request, raw, body)
         except ProxyError as exc:
             return self._error_response(exc)
+        except web.HTTPException:
+            raise  # aiohttp's own (413 while reading the body): shaped by the middleware
+        except Exception as exc:  # a bug must still give the client an OpenAI-shaped answer and one log line
+            log.error("request %s %s failed inside the proxy: %s: %.200s", request.method, request.path[:200],
+                      type(exc).__name__, exc)
+            return self._error_response(ProxyError(500, "internal_error", "the proxy failed to handle this "
+                                                   "request; see its log"))
 
     async def _route(self, request: web.Request, raw: bytes, body: dict[str, Any]) -> web.StreamResponse:
         cfg = self.config
-        prompt_tokens, max_tokens, output_exact = request_sizes(body, cfg.chars_per_token, cfg.default_max_tokens)
+        try:
+            prompt_tokens, max_tokens, output_exact = request_sizes(body, cfg.chars_per_token,
+                                                                    cfg.default_max_tokens)
+        except InputError as exc:
+            raise ProxyError(400, "invalid_request", str(exc)) from None
         rid = self.arrivals_total
         arrival_s = self.now_s()
         req = Request(id=rid, arrival_s=arrival_s, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
@@ -339,10 +444,14 @@ class RouterProxy:
         await gate.acquire(max(deadline - time.monotonic(), 0.0))
         try:
             assert self._session is not None  # internal invariant: handlers run only between start() and stop()
+            first_byte_by = time.monotonic() + self.config.first_byte_timeout_s
             try:
-                upstream = await self._session.post(self._upstream_url(book, request.path), data=raw,
-                                                    headers=self._upstream_headers(request))
+                async with _FirstByteWatch(self, book, first_byte_by) as watch:
+                    upstream = await self._session.post(self._upstream_url(book, request.path), data=raw,
+                                                        headers=self._upstream_headers(request))
             except _TRANSPORT_ERRORS as exc:
+                if watch.expired:
+                    self._wedged(book, exc)
                 self._attempt_failed(book, exc)
             async with upstream:
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -354,10 +463,27 @@ class RouterProxy:
                         self._attempt_failed(book, exc)
                     if upstream.status == 200:
                         book.complete(rid, tracked, self.now_s(), _completion_tokens(data))
+                        self._served(book)
                     return web.Response(body=data, status=upstream.status, headers=out_headers)
-                return await self._stream(request, upstream, out_headers, book, rid, tracked)
+                return await self._stream(request, upstream, out_headers, book, rid, tracked, first_byte_by)
         finally:
             gate.release()
+
+    def _wedged(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
+        """``book`` sent no first byte in time and answered nothing else for as long (:class:`_FirstByteWatch`):
+        held down until it serves again (its /health may still answer); the request goes elsewhere."""
+        self.metrics.count_error("upstream_first_byte_timeout")
+        if self._prober is not None:
+            self._prober.hold_down(book.index)
+        self._attempt_failed(book, exc)
+
+    def _served(self, book: ReplicaBook) -> None:
+        """``book`` answered in time: progress noted; if it was held down for a missed first byte, it is up again."""
+        self._progress_s[book.index] = time.monotonic()
+        prober = self._prober
+        if prober is not None and book.index in prober.held_down:
+            prober.served(book.index)
+            self.set_health(book.index, True)
 
     def _upstream_url(self, book: ReplicaBook, path: str) -> URL:
         """The replica's URL for ``path``, parsed once (URL parsing is a measurable part of a proxied request)."""
@@ -376,20 +502,25 @@ class RouterProxy:
         return headers
 
     def _attempt_failed(self, book: ReplicaBook, exc: BaseException) -> NoReturn:
-        why = f"replica {book.index} ({book.spec.url}): {type(exc).__name__} {exc}".strip()
-        self.set_health(book.index, False, why)
-        raise _AttemptFailed(why) from exc
+        stalled = self._prober is not None and book.index in self._prober.held_down
+        reason = f"no first byte within {self.config.first_byte_timeout_s:g} s" if stalled else "connection failed"
+        self.set_health(book.index, False, f"{reason} ({type(exc).__name__} {exc})".strip())
+        raise _AttemptFailed(f"replica {book.index}: {reason}") from exc
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse, out_headers: dict[str, str],
-                      book: ReplicaBook, rid: int, tracked: Tracked) -> web.StreamResponse:
+                      book: ReplicaBook, rid: int, tracked: Tracked, first_byte_by: float) -> web.StreamResponse:
         content = upstream.content
         try:
-            chunk = await content.readany()
+            async with _FirstByteWatch(self, book, first_byte_by) as watch:
+                chunk = await content.readany()
         except _TRANSPORT_ERRORS as exc:
+            if watch.expired:
+                self._wedged(book, exc)
             self._attempt_failed(book, exc)
         if not chunk:
             self._attempt_failed(book, ConnectionError("the stream closed before its first byte"))
         book.first_token(tracked, self.now_s())
+        self._served(book)
         response = web.StreamResponse(status=upstream.status, headers=out_headers)
         await response.prepare(request)
         before_last = last = b""  # the final events (finish reason, usage, [DONE]) are in the last two chunks
@@ -417,23 +548,36 @@ class RouterProxy:
             except _TRANSPORT_ERRORS as exc:
                 await self._end_broken_stream(response, book, exc)
                 return response
+        if not done:  # the replica ended its body cleanly but without [DONE]: the answer may be truncated
+            await self._end_broken_stream(response, book, None)
+            return response
         try:
             # [DONE] and the chunked-body terminator in one write, without waiting for the replica to end its body
-            await response.write_eof(last if done else b"")
+            await response.write_eof(last)
         except ConnectionResetError:
             self.metrics.count_error("client_disconnected")
             return response
         book.complete(rid, tracked, self.now_s(), _final_stream_tokens(before_last + last, tracked))
-        if done:
-            await _read_to_end(content, book)
+        self._progress_s[book.index] = time.monotonic()
+        await _read_to_end(content, book)
         return response
 
-    async def _end_broken_stream(self, response: web.StreamResponse, book: ReplicaBook, exc: BaseException) -> None:
-        """Close a stream whose replica failed after the first byte with an error event, as vLLM does."""
-        self.metrics.count_error("upstream_midstream")
-        self.set_health(book.index, False, f"stream broken: {type(exc).__name__} {exc}")
-        error = {"error": {"message": f"replica {book.index} failed mid-stream ({type(exc).__name__}); the answer "
-                           "is incomplete, retry the request", "type": "upstream_midstream", "code": 502}}
+    async def _end_broken_stream(self, response: web.StreamResponse, book: ReplicaBook,
+                                 exc: BaseException | None) -> None:
+        """Close a stream whose replica failed after the first byte with an error event, as vLLM does.
+
+        ``exc`` is ``None`` when the replica ended its body without ``data: [DONE]`` (kind ``upstream_truncated``;
+        the replica stays up, its probes judge it); a broken connection marks it down (``upstream_midstream``).
+        """
+        if exc is None:
+            kind, what = "upstream_truncated", "ended its stream without data: [DONE]"
+            log.warning("replica %d (%s) %s; the client got an error event", book.index, book.spec.public_url, what)
+        else:
+            kind, what = "upstream_midstream", "failed mid-stream"
+            self.set_health(book.index, False, f"stream broken: {type(exc).__name__} {exc}")
+        self.metrics.count_error(kind)
+        error = {"error": {"message": f"replica {book.index} {what}; the answer is incomplete, retry the request",
+                           "type": kind, "code": 502}}
         with contextlib.suppress(ConnectionResetError):
             await response.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
             await response.write_eof()
@@ -472,9 +616,29 @@ class RouterProxy:
         return web.json_response({"object": "list", "data": list(merged.values())})
 
     async def _handle_health(self, request: web.Request) -> web.Response:
+        """200 only when a request can be served now: some replica up and the router's last decision succeeded.
+
+        ``status``: ``ok``; ``degraded`` (serving, but a replica is down or its engine metrics are stale/unknown,
+        so a metrics-driven router is falling back); ``no_replica`` or ``router_failing`` (503). Replicas are named
+        by index only (this endpoint needs no API key)."""
+        prober = self._prober
+        detail = [{"index": b.index, "up": b.healthy,
+                   "stalled": prober is not None and b.index in prober.held_down,
+                   "metrics": prober.metrics_state(b.index) if prober is not None else "unknown"}
+                  for b in self.books]
         up = sum(b.healthy for b in self.books)
-        return web.json_response({"status": "ok" if up else "no_replica", "replicas_up": up,
-                                  "replicas": len(self.books)}, status=200 if up else 503)
+        if not up:
+            status = "no_replica"
+        elif self._router_error is not None:
+            status = "router_failing"
+        elif up < len(self.books) or any(d["metrics"] in ("stale", "unknown") for d in detail):
+            status = "degraded"
+        else:
+            status = "ok"
+        return web.json_response({"status": status, "replicas_up": up, "replicas": len(self.books),
+                                  "router": self.router.name, "router_error": self._router_error,
+                                  "replica_detail": detail},
+                                 status=503 if status in ("no_replica", "router_failing") else 200)
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -522,7 +686,7 @@ async def _read_to_end(content: aiohttp.StreamReader, book: ReplicaBook) -> None
         while data := await content.readany():
             extra += len(data)
     if extra:
-        log.warning("replica %d (%s) sent %d bytes after data: [DONE]; not forwarded", book.index, book.spec.url,
+        log.warning("replica %d (%s) sent %d bytes after data: [DONE]; not forwarded", book.index, book.spec.public_url,
                     extra)
 
 
@@ -554,7 +718,7 @@ def _final_stream_tokens(tail: bytes, t: Tracked) -> int | None:
 
 def _replica_dicts(books: Sequence[ReplicaBook], snapshot: ClusterSnapshot) -> list[dict[str, Any]]:
     def one(book: ReplicaBook, state: ReplicaState) -> dict[str, Any]:
-        return {"index": book.index, "url": book.spec.url, "healthy": book.healthy, "cap": book.gate.cap,
+        return {"index": book.index, "url": book.spec.public_url, "healthy": book.healthy, "cap": book.gate.cap,
                 "in_flight": book.gate.in_flight, "queued": book.gate.queued, "state": asdict(state)}
 
     return [one(b, s) for b, s in zip(books, snapshot.replicas, strict=True)]

@@ -8,14 +8,20 @@ clients need no special handling. The ``type`` is also the ``kind`` label of ``r
 ====  ======================  ==========================================================================
 code  type                    when
 ====  ======================  ==========================================================================
-400   invalid_request         body is not a JSON object
+400   invalid_request         body is not a JSON object, is nested too deeply, or its prompt/messages have a
+                              shape no OpenAI server accepts (e.g. a ``text`` part that is a number)
 401   unauthorized            API key missing or wrong
-404   not_found               unknown replica index on the admin API
+404   not_found               unknown path, or unknown replica index on the admin API
+405   method_not_allowed      a known path with the wrong method
+408   request_timeout         the body was not received within ``client_timeout_s``
+413   request_too_large       body over 64 MiB
 429   queue_full              the chosen replica's admission queue is full
 503   queue_timeout           no slot on the chosen replica within ``queue_timeout_s``
 503   no_replica              every replica is down or was already tried
-502   upstream_failed         every attempt failed before the first byte
+502   upstream_failed         every attempt failed before the first byte (messages name replicas by index,
+                              never by URL, and give no connection details)
 500   router_failed           the router raised or returned an index out of range (a policy bug)
+500   internal_error          anything else that went wrong inside the proxy (one log line, no traceback)
 ====  ======================  ==========================================================================
 """
 

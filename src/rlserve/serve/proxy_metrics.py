@@ -18,8 +18,10 @@ metric                                      type     meaning
                                                      were retried elsewhere
 ``rlserve_proxy_errors_total``              counter  requests answered with an error, by ``kind`` (see
                                                      :mod:`rlserve.serve.proxy_error`), plus ``upstream_midstream``
-                                                     (a stream broken after its first byte) and
-                                                     ``client_disconnected``
+                                                     (a stream broken after its first byte),
+                                                     ``upstream_truncated`` (a stream ended without [DONE]),
+                                                     ``upstream_first_byte_timeout`` (an attempt with no first
+                                                     byte in time) and ``client_disconnected``
 ``rlserve_proxy_decision_seconds``          histo.   time to build the snapshot and run the router, per decision
 ==========================================  =======  ===============================================================
 """
@@ -104,7 +106,7 @@ class ProxyMetrics:
         for family_type, name, doc, value in per_replica:
             family = family_type(name, doc, labels=["replica", "url"])
             for b in books:
-                family.add_metric([b.spec.name or str(b.index), b.spec.url], value(b))
+                family.add_metric([b.spec.name or str(b.index), b.spec.public_url], value(b))
             yield family
         errors = CounterMetricFamily("rlserve_proxy_errors", "Requests that ended with an error.", labels=["kind"])
         for kind, n in sorted(self.errors.items()):

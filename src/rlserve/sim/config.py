@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from rlserve.errors import ConfigError
 from rlserve.perf.config import PerfConfig
+from rlserve.validation import parse_config
 
 Batching = Literal["chunked", "prefill_priority"]
 BATCHING_MODES: tuple[str, ...] = ("chunked", "prefill_priority")
@@ -110,12 +111,13 @@ class ClusterConfig:
                 raise ConfigError(f"{where}.replicas[{i}] must be a mapping")
             group = dict(group)
             count = group.pop("count", 1)
-            if not isinstance(count, int) or count < 1:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(f"{where}.replicas[{i}].count must be a positive integer")
             kwargs = {**defaults, **_replica_kwargs(group, f"{where}.replicas[{i}]")}
-            kwargs["perf"] = PerfConfig.from_dict(group.get("perf"), where=f"{where}.replicas[{i}].perf",
-                                                  base_dir=base_dir).over(base_perf)
-            cfg = ReplicaConfig(**kwargs)
+            kwargs.pop("perf", None)  # validated by PerfConfig.from_dict below
+            perf = PerfConfig.from_dict(group.get("perf"), where=f"{where}.replicas[{i}].perf",
+                                        base_dir=base_dir).over(base_perf)
+            cfg = replace(parse_config(ReplicaConfig, kwargs, f"{where}.replicas[{i}]"), perf=perf)
             replicas.extend([cfg] * count)
         return cls(tuple(replicas))
 

@@ -21,7 +21,8 @@ first chunk handed to the socket): ``GET /fake/timings`` returns ``{"server_ttft
 Run it in-process (``async with FakeOpenAIServer(...)``, or :func:`serve_in_thread` from synchronous code) or as
 ``python -m rlserve.testing.fake_openai_server --port P``. Fault injection for tests: ``metrics_mode``
 (``"ok"``, ``"garbage"``, ``"error"``), ``metrics_delay_s`` and ``completions_status`` may be changed on the live
-``config``.
+``config``; ``completions_mode`` makes completions misbehave: ``wedge`` (accepted, not a byte ever sent, while
+``/health`` still answers) or ``no_done`` (a stream that ends cleanly without ``data: [DONE]``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class FakeServerConfig:
     """Delay before answering ``/metrics`` (a slow server)."""
     completions_status: int = 200
     """Answer every completion request with this HTTP status (an OpenAI-style error body unless 200)."""
+    completions_mode: str = "ok"
+    """``ok``; ``wedge`` (never send a byte); ``no_done`` (end streams without ``data: [DONE]``)."""
 
 
 @dataclass
@@ -126,7 +129,8 @@ class FakeOpenAIServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/fake/timings", self._timings)
         app.router.add_delete("/fake/timings", self._timings)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that hangs up ends its handler (a wedged one included), as in vLLM
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
         await site.start()
@@ -175,6 +179,8 @@ class FakeOpenAIServer:
         if not isinstance(body, dict):
             return web.json_response({"error": {"message": "body must be a JSON object"}}, status=400)
         cfg = self.config
+        if cfg.completions_mode == "wedge":
+            await asyncio.Event().wait()  # until the client gives up (its handler is cancelled)
         if cfg.completions_status != 200:
             return web.json_response({"error": {"message": "injected failure", "code": cfg.completions_status}},
                                      status=cfg.completions_status)
@@ -264,7 +270,8 @@ class FakeOpenAIServer:
                 payload = {"id": "cmpl-fake", "object": obj, "created": created, "model": cfg.model,
                            "choices": [], "usage": usage}
                 await resp.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
+            if cfg.completions_mode != "no_done":
+                await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             c.success += 1
         finally:

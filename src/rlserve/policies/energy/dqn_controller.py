@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlserve.errors import InputError
+from rlserve.errors import BackendError, InputError
 from rlserve.policies.energy.action_space import ActionSpace
 from rlserve.policies.energy.base import ControlContext, EnergyDecision, register_controller
 from rlserve.policies.energy.qnet import DuelingQNetwork
@@ -78,7 +78,11 @@ class DQNController:
         with torch.no_grad():
             q = self.q(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
         self.last_q = q
-        d = self.action_space.decode_action(int(np.argmax(q)))
+        best = int(np.argmax(q))  # a NaN's or +inf's index when there is one
+        if not q[best] - q[best] == 0:
+            raise BackendError(f"the DQN produced non-finite Q-values for this observation (a corrupt checkpoint or "
+                               f"observation {obs.tolist()}); no decision taken, the last settings stay")
+        d = self.action_space.decode_action(best)
         return EnergyDecision(min(d.concurrency_cap, self.max_cap), d.sm_clock_mhz)
 
     def reset(self, seed: int | None = None) -> None:
