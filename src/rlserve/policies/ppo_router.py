@@ -40,6 +40,13 @@ MAX_REPLICAS = 64
 """Largest cluster a replica-set checkpoint accepts (the network has no limit; this bounds the decision time)."""
 
 
+def fair_argmax(logits: np.ndarray, rng: np.random.Generator) -> int:
+    """The best replica; exact ties (identical replicas in identical states) broken at random with ``rng``, as the
+    heuristics do: taking the first would make the result depend on the order the replicas are listed in."""
+    best = np.flatnonzero(logits == logits.max())
+    return int(best[0]) if best.size == 1 else int(best[rng.integers(best.size)])
+
+
 class PPORouter:
     """Routes with a trained actor-critic (see module docstring).
 
@@ -135,10 +142,7 @@ class PPORouter:
             obs = self.state_builder.build(snapshot, request)
         logits, self._hidden = self.actor.step(obs, self._hidden)
         if self.temperature is None:
-            # ties (identical replicas in identical states) broken at random, as the heuristics do: taking the
-            # first would make the result depend on the order the replicas are listed in
-            best = np.flatnonzero(logits == logits.max())
-            return int(best[0]) if best.size == 1 else int(best[self._rng.integers(best.size)])
+            return fair_argmax(logits, self._rng)
         z = logits.astype(np.float64) / self.temperature
         p = np.exp(z - z.max())
         return int(self._rng.choice(len(p), p=p / p.sum()))
