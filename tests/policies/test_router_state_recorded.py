@@ -31,7 +31,8 @@ def _view(q: dict) -> QueuedRequestView:
 
 def _snapshot(d: dict) -> tuple[ClusterSnapshot, Request | None]:
     reps = tuple(ReplicaState(**{**r, "queue": tuple(_view(q) for q in r["queue"])}) for r in d["replicas"])
-    request = None if d["request"] is None else Request(*d["request"])
+    # recorded with the prefix id and length that requests carried then (the builder never read them)
+    request = None if d["request"] is None else Request(*d["request"][:4])
     return ClusterSnapshot(d["time_s"], len(reps), reps, d["arrivals_total"]), request
 
 

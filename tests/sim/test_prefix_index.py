@@ -106,3 +106,23 @@ def test_shipped_prefix_scenarios_hit_the_cache_when_routed_for_it() -> None:
     hits = {r: simulate(scn.cluster, w, make_router(r, seed=0)).summary().extra["prefix_hit_rate"]
             for r in ("round_robin", "prefix_affinity")}
     assert hits["prefix_affinity"] > hits["round_robin"] + 0.1
+
+
+def test_sharegpt_conversations_are_replayed_as_sessions(tmp_path) -> None:
+    """A public format with conversation ids: every human -> gpt exchange of a ShareGPT record becomes a turn,
+    each turn's prompt the whole history so far (4 characters per token without a tokenizer)."""
+    import json
+
+    convo = [{"from": "human", "value": "a" * 400}, {"from": "gpt", "value": "b" * 200},
+             {"from": "human", "value": "c" * 80}, {"from": "gpt", "value": "d" * 120},
+             {"from": "human", "value": "e" * 40}, {"from": "gpt", "value": "f" * 40}]
+    (tmp_path / "sg.json").write_text(json.dumps([{"id": "x", "conversations": convo}]))
+    cfg = WorkloadConfig.from_dict({"num_requests": 30, "arrival": {"kind": "poisson", "qps": 1.0},
+                                    "sessions": {"think_time_s": 5},
+                                    "lengths": {"kind": "sharegpt", "path": "sg.json"}}, where="t",
+                                   base_dir=tmp_path)
+    w = build_workload(cfg, 0)
+    for s in np.unique(w.prefix_id)[:5]:
+        turns = w.prompt_tokens[w.prefix_id == s].tolist()
+        assert turns == [100, 100 + 50 + 20, 100 + 50 + 20 + 30 + 10][:len(turns)]
+    assert set(w.output_tokens.tolist()) == {50, 30, 10}

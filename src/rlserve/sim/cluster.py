@@ -177,14 +177,14 @@ class ClusterSimulator:
         num = self.num_replicas
         table = self.table
         # what the router is told: the declared max_tokens, never the true output length (table.output)
-        prompt, declared, prefix_id, prefix_tokens = table.prompt, table.declared, table.prefix_id, table.prefix_tokens
+        prompt, declared = table.prompt, table.declared
         select = router.select
         queue_k = getattr(router, "queue_k", 0)  # per-request queue views, as the proxy honours too
         for i in range(self._next, max(end, self._next)):
             t = arrival[i]
             self.now = t
             self._next = i
-            r = select(Request(i, t, prompt[i], declared[i], prefix_id[i], prefix_tokens[i]), self.snapshot(queue_k))
+            r = select(Request(i, t, prompt[i], declared[i]), self.snapshot(queue_k))
             if not 0 <= r < num:
                 raise ConfigError(f"router {getattr(router, 'name', router)!r} chose replica {r}, "
                                   f"outside [0, {num})")

@@ -170,10 +170,11 @@ class SessionConfig:
     """Multi-turn conversations (:func:`rlserve.workload.prefixes.sessions`): ``turns_mean`` turns per
     conversation on average (geometric), ``think_time_s`` mean think time between an answer and the next turn.
     The arrival process gives the conversations' start times at ``qps / turns_mean``, so requests still arrive at
-    ``qps`` on average."""
+    ``qps`` on average. With ShareGPT lengths the recorded conversations are replayed whole (sampled with
+    replacement) and ``turns_mean``, optional there, defaults to their mean number of exchanges."""
 
-    turns_mean: float
     think_time_s: float
+    turns_mean: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ class WorkloadConfig:
                                                                          "prefix_tokens"), ("zipf_s", "prepend")))
         sessions = top.get("sessions")
         if sessions is not None:
-            sessions = SessionConfig(**_section(sessions, where, "sessions.", ("turns_mean", "think_time_s"), ()))
+            sessions = SessionConfig(**_section(sessions, where, "sessions.", ("think_time_s",), ("turns_mean",)))
         max_tokens = MaxTokensConfig()
         if top.get("max_tokens") is not None:
             declared = _kinded(top["max_tokens"], where, "max_tokens.", MAX_TOKENS_KEYS)
@@ -340,6 +341,9 @@ def _check_combination(cfg: WorkloadConfig, where: str) -> None:
                               f"be poisson, gamma or constant, not {arr.kind}")
         if lens.kind in FILE_LOADERS and _order(cfg) == "sequential":
             raise ConfigError(f"{where}: sessions draw each turn's lengths, so a lengths file must use order: sample")
+        if cfg.sessions.turns_mean is None and lens.kind != "sharegpt":
+            raise ConfigError(f"{where}: sessions.turns_mean is required unless lengths.kind is sharegpt (whose "
+                              "recorded conversations give the turns)")
     if cfg.max_tokens.kind == "trace" and lens.kind != "trace":
         raise ConfigError(f"{where}: max_tokens.kind trace reads the max_tokens column of a lengths file, so "
                           f"lengths.kind must be trace, not {lens.kind}")
@@ -354,22 +358,25 @@ def _order(cfg: WorkloadConfig) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(kind: str, path: Path, tokenizer: Path | None, mtime_ns: int, size: int) -> loaders.TokenTrace:
+def _load_cached(kind: str, path: Path, tokenizer: Path | None, mtime_ns: int, size: int,
+                 all_turns: bool = False) -> loaders.TokenTrace:
     """Load a lengths file once per version of it: RL training rebuilds workloads every episode."""
     if kind == "sharegpt":
-        return loaders.load_sharegpt_json(path, tokenizer)
+        return loaders.load_sharegpt_json(path, tokenizer, all_turns=all_turns)
     return FILE_LOADERS[kind](path)
 
 
-def load_lengths_file(cfg: LengthConfig) -> loaders.TokenTrace:
-    """The (cached, read-only) trace behind a file-based length config."""
+def load_lengths_file(cfg: LengthConfig, all_turns: bool = False) -> loaders.TokenTrace:
+    """The (cached, read-only) trace behind a file-based length config (``all_turns``: every exchange of each
+    ShareGPT conversation, for sessions)."""
     if cfg.path is None:
         raise ConfigError(f"lengths.kind {cfg.kind} needs a path")
     try:
         st = cfg.path.stat()
     except OSError:
         st = None  # the loader reports the missing file
-    return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    return _load_cached(cfg.kind, cfg.path, cfg.tokenizer, st.st_mtime_ns if st else 0, st.st_size if st else 0,
+                        all_turns)
 
 
 def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = None) -> Workload:
@@ -381,15 +388,23 @@ def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = N
     if not _is_int(seed) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     arrival_rng, length_rng, prefix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    trace = load_lengths_file(cfg.lengths) if cfg.lengths.kind in FILE_LOADERS else None
+    recorded = cfg.sessions is not None and cfg.lengths.kind == "sharegpt"
+    trace = load_lengths_file(cfg.lengths, all_turns=recorded) if cfg.lengths.kind in FILE_LOADERS else None
     n = cfg.num_requests if cfg.num_requests is not None else len(trace)  # type: ignore[arg-type]
     trace_rows: slice | None = None
     if cfg.sessions is not None:
         s = cfg.sessions
-        starts = dataclasses.replace(cfg.arrival, qps=cfg.arrival.qps / s.turns_mean)  # type: ignore[operator]
+        if recorded and trace is not None and trace.session_id is not None:
+            conversations = prefixes.recorded_conversations(trace.session_id, trace.prompt_tokens,
+                                                            trace.output_tokens, length_rng)
+            turns_mean = s.turns_mean or len(trace) / len(np.unique(trace.session_id))
+        else:
+            turns_mean = s.turns_mean or 1.0
+            conversations = prefixes.generated_conversations(
+                turns_mean, lambda k: _draw_lengths(cfg, k, length_rng, trace)[:2], prefix_rng)
+        starts = dataclasses.replace(cfg.arrival, qps=cfg.arrival.qps / turns_mean)  # type: ignore[operator]
         arrival_s, prompt, output, prefix_id = prefixes.sessions(
-            n, s.turns_mean, s.think_time_s, cfg.max_total_tokens,
-            lambda k: _draw_lengths(cfg, k, length_rng, trace)[:2],
+            n, s.think_time_s, cfg.max_total_tokens, conversations,
             lambda k: _draw_arrivals(starts, k, arrival_rng, None, None), prefix_rng)
     else:
         prompt, output, trace_rows = _draw_lengths(cfg, n, length_rng, trace)

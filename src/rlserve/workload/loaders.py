@@ -43,9 +43,10 @@ class TokenTrace:
     output_tokens: np.ndarray
     arrival_s: np.ndarray | None = None
     max_tokens: np.ndarray | None = None
+    session_id: np.ndarray | None = None  # conversation of each row (ShareGPT with all_turns), rows in order
 
     def __post_init__(self) -> None:
-        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s, self.max_tokens):
+        for arr in (self.prompt_tokens, self.output_tokens, self.arrival_s, self.max_tokens, self.session_id):
             if arr is not None:
                 arr.setflags(write=False)
 
@@ -239,13 +240,18 @@ def _turn_text(path: Path, record: int, turn: object, want: str) -> str | None:
     return turn["value"] if turn["from"] == want else None
 
 
-def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | None = None) -> TokenTrace:
+def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | None = None,
+                       all_turns: bool = False) -> TokenTrace:
     """Load ShareGPT conversations: the first human turn is the prompt, the next gpt turn the output.
 
     ``tokenizer`` is a ``str -> int`` counter, a path to a local ``tokenizer.json``, or ``None`` for the
     :func:`estimate_tokens` estimate. Conversations without a human turn followed by a non-empty gpt turn
     are skipped, as benchmark clients do; a file where none qualifies is an error. Records are numbered
     from 1 in error messages.
+
+    With ``all_turns`` every human -> gpt exchange of a conversation is a row, in order (prompt = that human
+    message, output = the reply; a conversation ends at its first exchange with an empty side), and
+    ``session_id`` numbers the conversations: the multi-turn sessions of :mod:`rlserve.workload.prefixes`.
     """
     path = Path(path)
     count = tokenizer if callable(tokenizer) else (
@@ -262,19 +268,28 @@ def load_sharegpt_json(path: str | Path, tokenizer: TokenCounter | str | Path | 
         raise InputError(f"{path}: expected a JSON list of conversations, found {type(data).__name__}")
     prompts: list[int] = []
     outputs: list[int] = []
+    sessions: list[int] = []
     for record, item in enumerate(data, start=1):
         turns = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(turns, list):
             raise InputError(f"{path}: record {record}: expected an object with a 'conversations' list")
-        prompt = output = None
+        prompt = None
         for turn in turns:
             if prompt is None:
                 prompt = _turn_text(path, record, turn, "human")
-            elif (output := _turn_text(path, record, turn, "gpt")) is not None:
+                continue
+            output = _turn_text(path, record, turn, "gpt")
+            if output is None:
+                continue
+            if not (prompt.strip() and output.strip()):
                 break
-        if prompt and prompt.strip() and output and output.strip():
             prompts.append(max(1, int(count(prompt))))
             outputs.append(max(1, int(count(output))))
+            sessions.append(record)
+            if not all_turns:
+                break
+            prompt = None
     if not prompts:
         raise InputError(f"{path}: no conversation has a human turn followed by a non-empty gpt turn")
-    return TokenTrace(path=path, prompt_tokens=np.array(prompts, np.int64), output_tokens=np.array(outputs, np.int64))
+    return TokenTrace(path=path, prompt_tokens=np.array(prompts, np.int64), output_tokens=np.array(outputs, np.int64),
+                      session_id=np.array(sessions, np.int64) if all_turns else None)

@@ -13,7 +13,8 @@ many of its first tokens are that sequence's), the simulator's prefix cache and 
   turn whose prompt plus answer would pass ``max_total_tokens``. Turn ``k + 1`` arrives ``answer_k /
   STREAM_TOKENS_PER_S`` (reading the answer as it streams) plus an exponential think time (mean ``think_time_s``)
   after turn ``k``: the schedule is fixed up front, as a benchmark client's is, so it cannot wait for the real
-  answer.
+  answer. Recorded conversations (ShareGPT: every human -> assistant exchange, in order) can replace the drawn ones
+  (:func:`recorded_conversations`).
 
 Every draw comes from the generators passed in, so a seed gives the same workload.
 """
@@ -45,24 +46,53 @@ def shared_prompts(prompt_tokens: np.ndarray, share_fraction: float, num_prefixe
     return prompt, prefix_id, np.where(shared, np.minimum(prefix_tokens, prompt), 0).astype(np.int64)
 
 
-def sessions(n: int, turns_mean: float, think_time_s: float, max_total_tokens: int | None,
-             draw_lengths: Callable[[int], tuple[np.ndarray, np.ndarray]],
+Conversations = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""``draw(m)`` -> (turns of each of ``m`` conversations, user-text tokens and answer tokens of all their turns)."""
+
+
+def generated_conversations(turns_mean: float, draw_lengths: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                            rng: np.random.Generator) -> Conversations:
+    """Conversations of ``Geometric(1 / turns_mean)`` turns whose lengths come from a length model."""
+    def draw(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        turns = rng.geometric(1.0 / turns_mean, size=m).astype(np.int64)
+        user, answer = draw_lengths(int(turns.sum()))
+        return turns, user, answer
+    return draw
+
+
+def recorded_conversations(session_id: np.ndarray, user_tokens: np.ndarray, answer_tokens: np.ndarray,
+                           rng: np.random.Generator) -> Conversations:
+    """Whole recorded conversations (rows of one ``session_id`` in order), sampled with replacement."""
+    starts = np.flatnonzero(np.r_[True, session_id[1:] != session_id[:-1]])
+    ends = np.r_[starts[1:], len(session_id)]
+
+    def draw(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pick = rng.integers(0, len(starts), size=m)
+        rows = np.concatenate([np.arange(starts[j], ends[j]) for j in pick])
+        return (ends - starts)[pick], user_tokens[rows], answer_tokens[rows]
+    return draw
+
+
+def sessions(n: int, think_time_s: float, max_total_tokens: int | None, draw_conversations: Conversations,
              draw_starts: Callable[[int], np.ndarray], rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``n`` requests of multi-turn conversations: ``(arrival_s, prompt_tokens, output_tokens, session_id)``,
     sorted by arrival (see module docstring).
 
-    ``draw_lengths(k)`` gives ``k`` (user text, answer) length pairs; ``draw_starts(s)`` the start times of ``s``
-    conversations. Conversations are drawn until they hold ``2 n`` turns and the ``n`` earliest turns are kept, so
-    the end of the run still has conversations starting, not only late turns of old ones.
+    ``draw_conversations`` gives conversations (:data:`Conversations`); ``draw_starts(s)`` the start times of
+    ``s`` conversations. Conversations are drawn until they hold ``2 n`` turns and the ``n`` earliest turns are
+    kept, so the end of the run still has conversations starting, not only late turns of old ones.
     """
-    turns: list[int] = []
-    while sum(turns) < 2 * n:
-        turns.extend(rng.geometric(1.0 / turns_mean, size=max(n // max(int(turns_mean), 1), 1)).tolist())
-    counts = np.asarray(turns, np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    total = 0
+    while total < 2 * n:
+        parts.append(draw_conversations(max(n // 4, 1)))
+        total += int(parts[-1][0].sum())
+    counts = np.concatenate([c for c, _, _ in parts])
+    user = np.concatenate([u for _, u, _ in parts])
+    answer = np.concatenate([a for _, _, a in parts])
     starts = draw_starts(len(counts))
-    user, answer = draw_lengths(int(counts.sum()))
-    think = rng.exponential(think_time_s, size=int(counts.sum()))
+    think = rng.exponential(think_time_s, size=len(user))
     arrival, prompt, output, session = [], [], [], []
     j = 0
     for s, (k, t) in enumerate(zip(counts.tolist(), starts.tolist(), strict=True)):

@@ -19,8 +19,9 @@ class Request(NamedTuple):
     ``max_tokens`` is what the client declared (an upper bound on the output), never the true output length: a
     proxy cannot know that, so neither may a router in simulation. The simulator keeps the true lengths in its
     own table (:class:`~rlserve.sim.replica.RequestTable`) and never hands them to a policy.
-    ``prefix_id`` groups requests that share their first ``prefix_tokens`` prompt tokens (a system prompt, a
-    conversation history); the simulator's prefix cache uses it. ``-1`` means no shared prefix.
+    Which prompts share a prefix is not here either: a proxy sees prompt text, not prefix ids. Routers learn it the
+    way a proxy does, from each replica's ``ReplicaState.prefix_hit_tokens`` (the prefix index of the prompts routed
+    so far); the workload's prefix ids stay in the simulator.
     A NamedTuple rather than a dataclass: one is built per routing decision, and tuples build ~4x faster.
     """
 
@@ -28,8 +29,6 @@ class Request(NamedTuple):
     arrival_s: float
     prompt_tokens: int
     max_tokens: int
-    prefix_id: int = -1
-    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,6 @@ class Workload:
             arrival_s=float(self.arrival_s[i]),
             prompt_tokens=int(self.prompt_tokens[i]),
             max_tokens=int(self.max_tokens[i]),
-            prefix_id=int(self.prefix_id[i]),
-            prefix_tokens=int(self.prefix_tokens[i]),
         )
 
     def head(self, n: int) -> Workload:
