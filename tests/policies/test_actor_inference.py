@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from rlserve.policies.base import fair_argmax
 from rlserve.policies.ppo_router import DEFAULT_CHECKPOINT, PPORouter
 from rlserve.rl.actor_critic import ActorCritic
 from rlserve.rl.actor_inference import CompiledActor
@@ -109,6 +110,7 @@ class _TorchPath:
         self.router = router
         self.queue_k = router.queue_k
         self.hxs, self.mask = router.model.initial_state(1), torch.zeros(1)
+        self.rng = np.random.default_rng(0)  # the router's tie-breaking generator after reset()
 
     def select(self, request, snapshot):
         r = self.router
@@ -118,7 +120,7 @@ class _TorchPath:
         with torch.inference_mode():
             logits, self.hxs = r.model.get_logits(torch.from_numpy(obs).unsqueeze(0), self.hxs, self.mask)
         self.mask = torch.ones(1)
-        return int(torch.argmax(logits[0]))
+        return fair_argmax(logits[0].numpy(), self.rng)  # ties (the two identical H100s) broken as the router does
 
 
 @pytest.mark.filterwarnings("ignore:token caps shortened")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from serve_helpers import ScriptedRouter, dead_url, fast_config
@@ -71,11 +72,12 @@ def test_rlserve_serve_scenario_needs_one_url_per_simulated_replica() -> None:
     assert "has 4 replicas but 1 --replica" in " ".join(out.stderr.split())
 
 
-def test_rlserve_serve_refuses_a_router_that_cannot_route_the_replicas() -> None:
-    """The shipped PPO checkpoint routes over 4 replicas: in front of 2 it is refused at start-up in one line
-    (it used to start, report healthy and answer HTTP 500 to every request)."""
+def test_rlserve_serve_refuses_a_router_that_cannot_route_the_replicas(flat_ppo_checkpoint: Path) -> None:
+    """A flat PPO checkpoint routes over 4 replicas: in front of 2 it is refused at start-up in one line (it used to
+    start, report healthy and answer HTTP 500 to every request). The shipped replica-set one routes any size."""
     port = dead_url().rsplit(":", 1)[1]
-    out = subprocess.run([sys.executable, "-m", "rlserve.cli.main", "serve", "--router", "ppo", "--port", port,
+    out = subprocess.run([sys.executable, "-m", "rlserve.cli.main", "serve", "--router", f"ppo:{flat_ppo_checkpoint}",
+                          "--port", port,
                           "--replica", "http://127.0.0.1:1", "--replica", "http://127.0.0.1:2"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr

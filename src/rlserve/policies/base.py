@@ -76,6 +76,14 @@ def make_router(spec: str, *, seed: int | None = None, **kwargs: Any) -> Router:
     return router
 
 
+def fair_argmax(values: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
+    """Index of the largest value; exact ties (identical replicas in identical states) broken at random with
+    ``rng``, as :func:`fair_argmin` does: taking the first would make a router depend on replica order."""
+    arr = np.asarray(values)
+    best = np.flatnonzero(arr == arr.max())
+    return int(best[0]) if len(best) == 1 else int(best[rng.integers(len(best))])
+
+
 def fair_argmin(values: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
     """Index of the smallest value, ties broken uniformly at random (never always the lowest id)."""
     arr = np.asarray(values, dtype=np.float64)

@@ -26,6 +26,7 @@ import numpy as np
 
 from rlserve.envs.router_state import StateBuilder
 from rlserve.errors import BackendError, ConfigError
+from rlserve.policies.base import fair_argmax
 from rlserve.rl.actor_critic import ActorCritic, ReplicaSetActorCritic
 from rlserve.rl.actor_inference import CompiledActor, CompiledReplicaSetActor
 from rlserve.rl.checkpoints import load_checkpoint
@@ -139,10 +140,7 @@ class PPORouter:
             raise BackendError(f"the PPO policy produced non-finite logits {logits.tolist()} for this snapshot (a "
                                "corrupt checkpoint or observation); no replica chosen")
         if self.temperature is None:
-            # ties (identical replicas in identical states) broken at random, as the heuristics do: taking the
-            # first would make the result depend on the order the replicas are listed in
-            best = np.flatnonzero(logits == top)
-            return int(best[0]) if best.size == 1 else int(best[self._rng.integers(best.size)])
+            return fair_argmax(logits, self._rng)
         z = logits.astype(np.float64) / self.temperature
         p = np.exp(z - z.max())
         return int(self._rng.choice(len(p), p=p / p.sum()))

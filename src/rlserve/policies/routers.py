@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from rlserve.policies.base import fair_argmin, register_router
+from rlserve.policies.base import fair_argmax, fair_argmin, register_router
 from rlserve.snapshot import ClusterSnapshot, ReplicaState
 from rlserve.workload.request import Request
 
@@ -226,10 +226,6 @@ def _hit_fraction(r: ReplicaState, request: Request) -> float:
     return min(r.prefix_hit_tokens, request.prompt_tokens) / max(request.prompt_tokens, 1)
 
 
-def _fair_argmax(values: list[float], rng: np.random.Generator) -> int:
-    return fair_argmin([-v for v in values], rng)
-
-
 @register_router("prefix_affinity")
 class PrefixAffinityRouter(_Seeded):
     """Cache-aware routing with load-imbalance thresholds, as SGLang's router / vllm-router ``cache_aware`` policy.
@@ -262,7 +258,7 @@ class PrefixAffinityRouter(_Seeded):
             return fair_argmin(load, self.rng)
         match = [_hit_fraction(r, request) for r in reps]
         if max(match) > self.cache_threshold:
-            return _fair_argmax(match, self.rng)
+            return fair_argmax(match, self.rng)
         return fair_argmin([r.kv_usage for r in reps], self.rng)
 
 
@@ -298,7 +294,7 @@ class LlmdRouter(_Seeded):
         lo, hi = min(queue), max(queue)
         scores = [wp * _hit_fraction(r, request) + wq * ((hi - q) / (hi - lo) if hi > lo else 1.0)
                   + wk * (1.0 - r.kv_usage) for r, q in zip(reps, queue, strict=True)]
-        return _fair_argmax(scores, self.rng)
+        return fair_argmax(scores, self.rng)
 
 
 @register_router("lmetric")
@@ -346,5 +342,5 @@ class LoadAwareRouter(_Seeded):
         load = [r.num_waiting + r.num_running for r in reps]
         mean = sum(load) / len(load)
         scale = max(1.0, mean)
-        return _fair_argmax([_hit_fraction(r, request) - self.beta * (x - mean) / scale
+        return fair_argmax([_hit_fraction(r, request) - self.beta * (x - mean) / scale
                              for r, x in zip(reps, load, strict=True)], self.rng)

@@ -48,6 +48,12 @@ def _mlp(width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _feature_proj(width: int, proj_dim: int, hidden_size: int) -> nn.Sequential:
+    """The seed's feature projection: LayerNorm → Linear → GELU → Linear."""
+    return nn.Sequential(nn.LayerNorm(width), _orthogonal(nn.Linear(width, proj_dim), math.sqrt(2)), nn.GELU(),
+                         _orthogonal(nn.Linear(proj_dim, hidden_size), math.sqrt(2)))
+
+
 class RecurrentPolicy(nn.Module):
     """What PPO, behaviour cloning and the checkpoints need from a recurrent actor-critic: :meth:`forward` over
     sequences, plus the step/evaluate helpers below, written once for every architecture.
@@ -157,12 +163,7 @@ class ActorCritic(RecurrentPolicy):
         super().__init__()
         self.state_dim, self.action_dim = state_dim, action_dim
         self.hidden_size, self.gru_layers = hidden_size, gru_layers
-        self.feature_proj = nn.Sequential(
-            nn.LayerNorm(state_dim),
-            _orthogonal(nn.Linear(state_dim, proj_dim), math.sqrt(2)),
-            nn.GELU(),
-            _orthogonal(nn.Linear(proj_dim, hidden_size), math.sqrt(2)),
-        )
+        self.feature_proj = _feature_proj(state_dim, proj_dim, hidden_size)
         self.shared_mlp = _mlp(hidden_size, 1 + layer_n)
         self.actor_gru = _orthogonal(nn.GRU(hidden_size, hidden_size, num_layers=gru_layers), 1.0)
         self.actor_mlp = _mlp(hidden_size, 2)
@@ -234,13 +235,7 @@ class ReplicaSetActorCritic(RecurrentPolicy):
         self.state_dim = global_dim + 1 + max_replicas * replica_dim
         self.action_dim = max_replicas
         self.hidden_size, self.gru_layers = hidden_size, gru_layers
-        width = replica_dim + global_dim
-        self.feature_proj = nn.Sequential(
-            nn.LayerNorm(width),
-            _orthogonal(nn.Linear(width, proj_dim), math.sqrt(2)),
-            nn.GELU(),
-            _orthogonal(nn.Linear(proj_dim, hidden_size), math.sqrt(2)),
-        )
+        self.feature_proj = _feature_proj(replica_dim + global_dim, proj_dim, hidden_size)
         self.shared_mlp = _mlp(hidden_size, 1 + layer_n)
         self.pool = nn.Sequential(_orthogonal(nn.Linear(2 * hidden_size, hidden_size), math.sqrt(2)),
                                   nn.LayerNorm(hidden_size), nn.ReLU())
