@@ -157,9 +157,10 @@ def test_non_finite_logits_at_run_time_are_a_clear_error():
          "concurrency_cap", "num_preemptions_total", "pending_prefill_tokens", "pending_decode_tokens",
          "completed_total", "generated_tokens_total", "recent_ttft_s", "recent_e2e_s", "decode_tokens_per_s",
          "prefill_tokens_per_s", "kv_capacity_tokens", "sm_clock_mhz"), 1))
-    snap = ClusterSnapshot(0.0, router.num_replicas, (state,) * router.num_replicas)
-    assert 0 <= router.select(Request(0, 0.0, 10, 10), snap) < router.num_replicas
+    n = 4  # the shipped checkpoint routes any cluster size
+    snap = ClusterSnapshot(0.0, n, (state,) * n)
+    assert 0 <= router.select(Request(0, 0.0, 10, 10), snap) < n
     real_step = router.actor.step
-    router.actor.step = lambda obs, h: (np.full(router.num_replicas, np.nan, np.float32), real_step(obs, h)[1])
+    router.actor.step = lambda obs, h: (np.full(n, np.nan, np.float32), real_step(obs, h)[1])
     with pytest.raises(BackendError, match="non-finite logits"):
         router.select(Request(1, 0.0, 10, 10), snap)
