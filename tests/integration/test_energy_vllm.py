@@ -21,7 +21,14 @@ def test_energy_run_drives_caps_of_a_real_vllm_server(vllm_server: VllmServer) -
                       health_interval_s=0.2, metrics_interval_s=0.2, health_timeout_s=5.0)
     stop = threading.Event()
     done: list[int] = []
+    caps_seen: list[int | None] = []  # the proxy's cap while the controller runs
     with proxy_in_thread(cfg) as proxy:
+        def watch_cap() -> None:
+            with httpx.Client(timeout=10) as http:
+                while not stop.is_set():
+                    caps_seen.append(http.get(proxy.url + "/admin/replicas").json()["replicas"][0]["cap"])
+                    stop.wait(0.2)
+
         def client() -> None:
             with httpx.Client(timeout=120) as http:
                 while not stop.is_set():
@@ -31,6 +38,7 @@ def test_energy_run_drives_caps_of_a_real_vllm_server(vllm_server: VllmServer) -
                     done.append(r.status_code)
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+        threads.append(threading.Thread(target=watch_cap, daemon=True))
         for t in threads:
             t.start()
         try:
@@ -45,7 +53,10 @@ def test_energy_run_drives_caps_of_a_real_vllm_server(vllm_server: VllmServer) -
     lines = [ln for ln in result.output.splitlines() if ln.startswith("t=")]
     assert len(lines) >= 8 and all("(dry run)" in ln for ln in lines)
     assert "clocks restored (none were changed)" in result.output
-    # Clipper's cap went to the proxy and is enforced there (never above the engine's max_num_seqs)
-    assert admin["cap"] is not None and 1 <= admin["cap"] <= vllm_server.max_num_seqs
+    # Clipper's cap went to the proxy while it ran (never above the engine's max_num_seqs), and the cap the
+    # replica had before (none) is back after the run: a controller that exits leaves no cap behind
+    applied = [c for c in caps_seen if c is not None]
+    assert applied and all(1 <= c <= vllm_server.max_num_seqs for c in applied)
+    assert admin["cap"] is None
     assert any("running=" in ln and "running=0" not in ln for ln in lines)  # the observation saw vLLM's work
     assert done and set(done) == {200}
