@@ -98,8 +98,8 @@ def _bounds(name: str) -> tuple[float, float]:
     hint = typing.get_type_hints(PerfConfig, include_extras=True)[name]
     inner = next(a for a in typing.get_args(hint) if typing.get_origin(a) is Annotated)
     meta = [m for info in typing.get_args(inner)[1:] for m in info.metadata]
-    return (next(m.ge for m in meta if isinstance(m, annotated_types.Ge)),
-            next(m.le for m in meta if isinstance(m, annotated_types.Le)))
+    return (float(next(m.ge for m in meta if isinstance(m, annotated_types.Ge))),  # type: ignore[arg-type]
+            float(next(m.le for m in meta if isinstance(m, annotated_types.Le))))  # type: ignore[arg-type]
 
 
 KNOBS: dict[str, tuple[float, float]] = {f.name: _bounds(f.name) for f in fields(PerfConfig) if f.name != "calibration"}
