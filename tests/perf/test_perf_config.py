@@ -104,6 +104,21 @@ def test_incomplete_or_foreign_calibration_files_are_refused(tmp_path: Path) -> 
         load_calibration(tmp_path / "other.json")
 
 
+@pytest.mark.parametrize(("device", "message"), [
+    ({"peak_tflops": "fast"}, "device: peak_tflops: input should be a valid number, got 'fast'"),
+    ({"peak_tflops": 0}, "device: peak_tflops: input should be greater than 0, got 0"),
+    ({"memory_bytes": 1.5e9}, "device: memory_bytes: input should be a valid integer, got 1500000000.0"),
+    ({"cores": 4}, "device: unknown key 'cores'; allowed: mem_bandwidth_gbps, memory_bytes, name, peak_tflops"),
+])
+def test_bad_calibration_device_fields_name_the_file_and_key(tmp_path: Path, device: dict, message: str) -> None:
+    path = _calib(tmp_path / "c.json", complete=True)
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "device": device}))
+    with pytest.raises(ConfigError) as exc:
+        load_calibration(path)
+    assert str(exc.value) == f"{path}: {message}"
+
+
 def test_decode_efficiency_changes_decode_only_and_allreduce_bandwidth_changes_tp_cost() -> None:
     base = PerfConfig()
     slow_decode = PerfConfig(eff_compute_linear_decode=0.05)

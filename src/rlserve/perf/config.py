@@ -104,9 +104,19 @@ def _bounds(name: str) -> tuple[float, float]:
 
 KNOBS: dict[str, tuple[float, float]] = {f.name: _bounds(f.name) for f in fields(PerfConfig) if f.name != "calibration"}
 """Every perf-model knob and its allowed range (read from the declarations on :class:`PerfConfig`)."""
-DEVICE_FIELDS = {"name": str, "peak_tflops": float, "mem_bandwidth_gbps": float, "memory_bytes": int}
 # engine and frontend knobs: ReplicaPerfModel arguments, not GpuCalibration fields
 ENGINE_KNOBS = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s", "frontend_per_inflight_s")
+
+
+@dataclass(frozen=True)
+class CalibratedDevice:
+    """The ``device:`` of a calibration file: datasheet fields replacing the catalogue GPU's (e.g. for a CPU
+    server); ``None`` keeps the catalogue value."""
+
+    name: str | None = None
+    peak_tflops: Annotated[float, Field(gt=0)] | None = None
+    mem_bandwidth_gbps: Annotated[float, Field(gt=0)] | None = None
+    memory_bytes: Annotated[int, Field(gt=0)] | None = None
 
 
 _CACHE: dict[tuple[str, float], dict[str, Any]] = {}
@@ -135,12 +145,8 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: calibration is marked incomplete (the profiling run did not finish); re-run "
                           "`rlserve calibrate`")
     PerfConfig.from_dict(doc.get("perf") or {}, where=f"{p}: perf")
-    device = doc.get("device") or {}
-    if not isinstance(device, dict) or set(device) - set(DEVICE_FIELDS):
-        raise ConfigError(f"{p}: device must be a mapping with keys among {sorted(DEVICE_FIELDS)}")
-    for k, v in device.items():
-        if k != "name" and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
-            raise ConfigError(f"{p}: device.{k} must be a positive number, got {v!r}")
+    device = parse_config(CalibratedDevice, doc.get("device"), f"{p}: device")
+    doc["device"] = {k: v for k, v in dataclasses.asdict(device).items() if v is not None}
     _CACHE[key] = doc
     return doc
 
@@ -169,7 +175,7 @@ def with_knobs(gpu: GpuSpec, knobs: Mapping[str, float],
                device: Mapping[str, Any] | None = None) -> tuple[GpuSpec, dict[str, float]]:
     """``gpu`` with ``device`` fields and the calibration ``knobs`` replaced, and the engine knobs apart."""
     if device:
-        gpu = dataclasses.replace(gpu, **{k: DEVICE_FIELDS[k](v) for k, v in device.items()})
+        gpu = dataclasses.replace(gpu, **device)
     cal: dict[str, Any] = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
     if cal:
         gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, **cal))

@@ -59,6 +59,8 @@ SECTION_CASES: dict[str, tuple[str, str]] = {
     "scenario clock_transition anchor bomb": (GOOD_SCENARIO + f"clock_transition: {{energy_j: {_BOMB}}}\n",
                                               "clock_transition: the document expands to more than"),
 }
+_SECTION_ROWS: list[tuple[str, list[str], dict[str, str | None]]] = [
+    (name, [*SIM, "-s", "{d}/x.yaml"], {"x.yaml": text}) for name, (text, _) in SECTION_CASES.items()]
 
 # (name, argv, files)
 CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
@@ -83,7 +85,7 @@ CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
      {"x.yaml": GOOD_SCENARIO.replace("{kind: fixed, prompt_tokens: 100, output_tokens: 20}",
                                       "{kind: trace, path: t.csv}"), "t.csv": "a,b\n1,2\n"}),
     ("scenario anchor bomb", [*SIM, "-s", "{d}/x.yaml"], {"x.yaml": ANCHOR_BOMB}),
-    *[(name, [*SIM, "-s", "{d}/x.yaml"], {"x.yaml": text}) for name, (text, _) in SECTION_CASES.items()],
+    *_SECTION_ROWS,
     ("scenario unknown router", [*SIM, "-r", "nope"], {}),
     ("simulate negative requests", ["simulate", "--num-requests", "-5"], {}),
     ("simulate zero qps", [*SIM, "--qps", "0"], {}),
