@@ -220,6 +220,8 @@ BAD = [
      "prefix.share_fraction: input should be less than or equal to 1, got 1.5"),
     ({"prefix": {"share_fraction": 0.5}}, "prefix.num_prefixes: required key is missing (and 1 more problem)"),
     ({"lengths": "lognormal"}, "lengths.kind must be one of"),
+    ({"arrival": {"qps": 1}}, "arrival.kind must be one of poisson, gamma, constant, ramp, piecewise, trace, got None"),
+    ({"arrival": None}, "arrival: required key is missing"),
 ]
 
 
@@ -230,6 +232,13 @@ def test_bad_config(override, message):
     assert str(err.value).startswith("scenario.yaml: workload: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_numpy_scalars_from_code_are_values_like_any_other():
+    cfg = config(num_requests=np.int64(30), arrival={"kind": "poisson", "qps": np.float64(2.5)})
+    assert (cfg.num_requests, cfg.arrival.qps) == (30, 2.5) and type(cfg.num_requests) is int
+    with pytest.raises(ConfigError, match=r"num_requests: input should be a valid integer, got 2\.5"):
+        config(num_requests=np.float32(2.5))
 
 
 def test_trace_arrival_rules(trace_dir):

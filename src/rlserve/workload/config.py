@@ -209,8 +209,8 @@ class WorkloadConfig:
             raise ConfigError(f"{where}: expected a mapping of keys, got {type(d).__name__}")
         doc = _given(d)
         for key, table in (("arrival", ARRIVAL_KEYS), ("lengths", LENGTH_KEYS), ("max_tokens", MAX_TOKENS_KEYS)):
-            if key in doc or key != "max_tokens":
-                doc[key] = _kinded(doc.get(key), where, key, table)
+            if key in doc:  # a missing arrival or lengths: parse_config says so
+                doc[key] = _kinded(doc[key], where, key, table)
         if "max_tokens" in doc:
             doc["max_tokens"] = {"tokens": None, **doc["max_tokens"]}  # a max_tokens section has no default cap
         for key in ("prefix", "sessions"):
