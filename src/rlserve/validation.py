@@ -22,6 +22,7 @@ import json
 import typing
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from rlserve.errors import ConfigError
@@ -124,5 +125,7 @@ def _check_size(data: Any, source: str) -> None:
 
 
 def _not_plain(value: Any) -> Any:
+    if isinstance(value, np.generic):  # a number a caller computed with numpy (a sampled workload): its Python value
+        return value.item()
     raise TypeError(f"value {str(value)[:60]!r} of type {type(value).__name__} is not a plain YAML scalar, list or "
                     "mapping (dates and tagged values are not config values)")

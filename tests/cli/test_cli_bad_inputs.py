@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from rlserve.testing.bad_inputs import CASES, GOOD_SCENARIO, classify, damage, materialise, run_cli, snapshot
+from rlserve.testing.bad_inputs import (
+    CASES,
+    GOOD_SCENARIO,
+    SECTION_CASES,
+    classify,
+    damage,
+    materialise,
+    run_cli,
+    snapshot,
+)
 
 
 @pytest.mark.parametrize(("name", "argv", "files"), CASES, ids=[c[0] for c in CASES])
@@ -25,3 +34,13 @@ def test_the_corpus_scenario_itself_is_good(tmp_path: Path) -> None:
     materialise({"x.yaml": GOOD_SCENARIO}, tmp_path)
     outcome = run_cli(["simulate", "-s", str(tmp_path / "x.yaml")])
     assert outcome.code == 0 and outcome.exception is None, outcome.stderr
+
+
+@pytest.mark.parametrize("name", SECTION_CASES)
+def test_a_bad_section_value_names_the_file_and_the_key(tmp_path: Path, name: str) -> None:
+    text, expected = SECTION_CASES[name]
+    materialise({"x.yaml": text}, tmp_path)
+    outcome = run_cli(["simulate", "--num-requests", "20", "-s", str(tmp_path / "x.yaml")])
+    assert outcome.code == 2 and outcome.error_lines() == [line for line in outcome.stderr.splitlines() if line]
+    (line,) = outcome.error_lines()
+    assert line.startswith(f"error: {tmp_path / 'x.yaml'}: {expected}"), line

@@ -41,10 +41,18 @@ def test_transition_config_parses_and_validates(small_scenario: Path, tmp_path: 
     assert load_scenario(small_scenario).clock_transition == DEFAULT_TRANSITION  # on by default
     assert ClockTransition.from_dict("off").free and ClockTransition.from_dict(None) == DEFAULT_TRANSITION
     assert ClockTransition.from_dict({"stall_s": 0.1}) == ClockTransition(0.05, 0.1, 0.0)
-    with pytest.raises(ConfigError, match="unknown keys"):
-        ClockTransition.from_dict({"delay": 1})
-    with pytest.raises(ConfigError, match=">= 0"):
-        ClockTransition(stall_s=-1)
+    src = "s.yaml: clock_transition"
+    bad = {  # wrong type, out of range, unknown key, not finite: one line naming the file and the key
+        "stall_s: input should be a valid number, got 'slow'": {"stall_s": "slow"},
+        "stall_s: input should be greater than or equal to 0, got -1": {"stall_s": -1},
+        "unknown key 'delay'; allowed: energy_j, latency_s, stall_s": {"delay": 1},
+        "energy_j: input should be a finite number": {"energy_j": float("inf")},
+        "expected a mapping with keys latency_s, stall_s, energy_j, or 'off'": "on",
+    }
+    for message, section in bad.items():
+        with pytest.raises(ConfigError) as err:
+            ClockTransition.from_dict(section, where=src)
+        assert str(err.value).startswith(f"{src}: {message}") and "\n" not in str(err.value)
     doc = yaml.safe_load(small_scenario.read_text())
     doc["clock_transition"] = {"latency_s": 0.02, "stall_s": 0.0, "energy_j": 1.5}
     path = tmp_path / "t.yaml"

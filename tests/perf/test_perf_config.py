@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 
 from rlserve.errors import ConfigError, InputError
 from rlserve.perf import ReplicaPerfModel, get_gpu, get_model
-from rlserve.perf.config import PerfConfig, apply_knobs, load_calibration, write_calibration
+from rlserve.perf.config import KNOBS, PerfConfig, apply_knobs, load_calibration, write_calibration
 from rlserve.perf.fit import CPU_DEVICE, CPU_FIXED, fit_knobs, perf_model, predict
 from rlserve.scenario import load_scenario
 from rlserve.sim import build_perf_model
@@ -53,11 +54,16 @@ def test_scenario_perf_sections_merge_group_over_defaults_over_top_level(tmp_pat
 
 
 @pytest.mark.parametrize(("section", "message"), [
-    ({"eff_compute_linear": 1.5}, "eff_compute_linear must be in [1e-06, 1]"),
-    ({"iteration_overhead_s": -1}, "iteration_overhead_s must be in [0, 10]"),
-    ({"eff_mem_attn": "fast"}, "eff_mem_attn must be a number"),
-    ({"gemm": 0.5}, "unknown keys ['gemm']"),
-    ({"calibration": "missing.json"}, "does not exist"),
+    ({"eff_compute_linear": 1.5}, "s.yaml: perf: eff_compute_linear: input should be less than or equal to 1, "
+                                  "got 1.5"),
+    ({"iteration_overhead_s": -1}, "s.yaml: perf: iteration_overhead_s: input should be greater than or equal "
+                                   "to 0, got -1"),
+    ({"eff_mem_attn": "fast"}, "s.yaml: perf: eff_mem_attn: input should be a valid number, got 'fast'"),
+    ({"eff_mem_attn": True}, "s.yaml: perf: eff_mem_attn: input should be a valid number, got True"),
+    ({"calibration": ""}, "s.yaml: perf: calibration: string should have at least 1 character"),
+    ({"gemm": 0.5}, "s.yaml: perf: unknown key 'gemm'; allowed: allreduce_bandwidth_gbps, allreduce_latency_s, "
+                    "calibration, eff_compute_attn"),
+    ({"calibration": "missing.json"}, "missing.json does not exist"),
 ])
 def test_bad_perf_values_are_one_line_config_errors(tmp_path: Path, section: dict, message: str) -> None:
     doc = {**SCENARIO, "perf": section}
@@ -65,6 +71,20 @@ def test_bad_perf_values_are_one_line_config_errors(tmp_path: Path, section: dic
     with pytest.raises(ConfigError) as exc:
         build_perf_model(load_scenario(tmp_path / "s.yaml").cluster.replicas[0])
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_group_perf_names_the_replica_group(tmp_path: Path) -> None:
+    doc = {**SCENARIO, "perf": {}, "cluster": {"replicas": [{"perf": {"eff_mem_linear": 0}}]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(tmp_path / "s.yaml")
+    assert str(exc.value).startswith(f"{tmp_path / 's.yaml'}: cluster.replicas[0].perf: eff_mem_linear: input "
+                                     "should be greater than or equal to 0.000001, got 0")
+
+
+def test_knob_ranges_are_read_from_the_declarations() -> None:
+    assert KNOBS["eff_mem_attn"] == (1e-6, 1.0) and KNOBS["iteration_overhead_s"] == (0.0, 10.0)
+    assert set(KNOBS) == {f.name for f in dataclasses.fields(PerfConfig)} - {"calibration"}
 
 
 def test_cli_prints_one_error_line_for_a_bad_knob(tmp_path: Path) -> None:
@@ -82,6 +102,21 @@ def test_incomplete_or_foreign_calibration_files_are_refused(tmp_path: Path) -> 
     (tmp_path / "other.json").write_text(json.dumps({"perf": {}}))
     with pytest.raises(ConfigError, match="not a calibration file"):
         load_calibration(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ({"peak_tflops": "fast"}, "device: peak_tflops: input should be a valid number, got 'fast'"),
+    ({"peak_tflops": 0}, "device: peak_tflops: input should be greater than 0, got 0"),
+    ({"memory_bytes": 1.5e9}, "device: memory_bytes: input should be a valid integer, got 1500000000.0"),
+    ({"cores": 4}, "device: unknown key 'cores'; allowed: mem_bandwidth_gbps, memory_bytes, name, peak_tflops"),
+])
+def test_bad_calibration_device_fields_name_the_file_and_key(tmp_path: Path, device: dict, message: str) -> None:
+    path = _calib(tmp_path / "c.json", complete=True)
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "device": device}))
+    with pytest.raises(ConfigError) as exc:
+        load_calibration(path)
+    assert str(exc.value) == f"{path}: {message}"
 
 
 def test_decode_efficiency_changes_decode_only_and_allreduce_bandwidth_changes_tp_cost() -> None:

@@ -182,17 +182,31 @@ def test_bad_file_is_an_input_error(tmp_path):
 BAD = [
     ({"arrival": {"kind": "poisson", "qps": 1, "rate": 2}},
      "unknown key(s) arrival.rate; allowed here: kind, qps"),
-    ({"arrivals": {}}, "unknown key(s) arrivals; allowed here: arrival, lengths, num_requests"),
+    ({"arrivals": {}}, "unknown key 'arrivals'; allowed: arrival, lengths, max_output_tokens"),
     ({"arrival": {"kind": "gamma", "qps": 1}}, "missing key(s) arrival.burstiness"),
     ({"arrival": {"kind": "weibull"}}, "arrival.kind must be one of poisson, gamma, constant, ramp, piecewise, trace"),
-    ({"arrival": {"kind": "poisson", "qps": -2}}, "arrival.qps must be a number > 0, got -2"),
-    ({"arrival": {"kind": "poisson", "qps": "fast"}}, "arrival.qps must be a number > 0, got 'fast'"),
-    ({"arrival": {"kind": "poisson", "qps": None}}, "arrival.qps must be a number > 0, got None"),
-    ({"arrival": {"kind": "piecewise", "rates_qps": [0, 0], "segment_s": 1}}, "arrival.rates_qps must be"),
-    ({"num_requests": 0}, "num_requests must be an integer >= 1"),
-    ({"num_requests": 2.5}, "num_requests must be an integer >= 1"),
-    ({"num_requests": True}, "num_requests must be an integer >= 1"),
-    ({"max_total_tokens": 1}, "max_total_tokens must be an integer >= 2"),
+    ({"arrival": {"kind": "poisson", "qps": -2}}, "arrival.qps: input should be greater than 0, got -2"),
+    ({"arrival": {"kind": "poisson", "qps": "fast"}}, "arrival.qps: input should be a valid number, got 'fast'"),
+    ({"arrival": {"kind": "poisson", "qps": None}}, "missing key(s) arrival.qps"),  # null: not given
+    ({"arrival": {"kind": "poisson", "qps": float("nan")}}, "arrival.qps: input should be a finite number"),
+    ({"arrival": {"kind": "piecewise", "rates_qps": [0, 0], "segment_s": 1}},
+     "arrival.rates_qps: needs a rate > 0 (all are 0)"),
+    ({"arrival": {"kind": "piecewise", "rates_qps": [], "segment_s": 1}}, "arrival.rates_qps: tuple should have at "
+                                                                          "least 1 item"),
+    ({"num_requests": 0}, "num_requests: input should be greater than or equal to 1, got 0"),
+    ({"num_requests": 2.5}, "num_requests: input should be a valid integer, got 2.5"),
+    ({"num_requests": True}, "num_requests: input should be a valid integer, got True"),
+    ({"num_requests": "10"}, "num_requests: input should be a valid integer, got '10'"),
+    ({"max_total_tokens": 1}, "max_total_tokens: input should be greater than or equal to 2, got 1"),
+    ({"truncation": "middle"}, "truncation: input should be 'output_first' or 'proportional', got 'middle'"),
+    ({"lengths": {"kind": "trace", "path": "x.csv", "order": "random"}},
+     "lengths.order: input should be 'sample' or 'sequential', got 'random'"),
+    ({"lengths": {"kind": "fixed", "prompt_tokens": 10, "output_tokens": 0.5}},
+     "lengths.output_tokens: input should be a valid integer, got 0.5"),
+    ({"sessions": {"think_time_s": 0}}, "sessions.think_time_s: input should be greater than 0, got 0"),
+    ({"sessions": {"think_time_s": 1, "turns": 2}}, "unknown key 'sessions.turns'; allowed: think_time_s, turns_mean"),
+    ({"prefix": {"share_fraction": 0.5, "num_prefixes": 1, "prefix_tokens": 8, "prepend": "yes"}},
+     "prefix.prepend: input should be a valid boolean, got 'yes'"),
     ({"lengths": {"kind": "uniform", "prompt_min": 5, "prompt_max": 4, "output_min": 1, "output_max": 1}},
      "lengths.prompt_min must be <= lengths.prompt_max"),
     ({"lengths": {"kind": "lognormal", "prompt_mean": 5, "output_mu": 1, "output_sigma": 1}},
@@ -203,9 +217,11 @@ BAD = [
     ({"arrival": {"kind": "trace"}}, "lengths.kind must be trace or azure, not lognormal"),
     ({"num_requests": None}, "num_requests is required"),
     ({"prefix": {"share_fraction": 1.5, "num_prefixes": 1, "prefix_tokens": 1}},
-     "prefix.share_fraction must be a number in [0, 1]"),
-    ({"prefix": {"share_fraction": 0.5}}, "missing key(s) prefix.num_prefixes, prefix.prefix_tokens"),
+     "prefix.share_fraction: input should be less than or equal to 1, got 1.5"),
+    ({"prefix": {"share_fraction": 0.5}}, "prefix.num_prefixes: required key is missing (and 1 more problem)"),
     ({"lengths": "lognormal"}, "lengths.kind must be one of"),
+    ({"arrival": {"qps": 1}}, "arrival.kind must be one of poisson, gamma, constant, ramp, piecewise, trace, got None"),
+    ({"arrival": None}, "arrival: required key is missing"),
 ]
 
 
@@ -216,6 +232,13 @@ def test_bad_config(override, message):
     assert str(err.value).startswith("scenario.yaml: workload: ")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_numpy_scalars_from_code_are_values_like_any_other():
+    cfg = config(num_requests=np.int64(30), arrival={"kind": "poisson", "qps": np.float64(2.5)})
+    assert (cfg.num_requests, cfg.arrival.qps) == (30, 2.5) and type(cfg.num_requests) is int
+    with pytest.raises(ConfigError, match=r"num_requests: input should be a valid integer, got 2\.5"):
+        config(num_requests=np.float32(2.5))
 
 
 def test_trace_arrival_rules(trace_dir):
@@ -267,5 +290,5 @@ def test_declared_max_tokens_from_a_trace_column(tmp_path):
                               lengths={"kind": "trace", "path": "bad.csv", "order": "sequential"}), 0)
     with pytest.raises(ConfigError, match="max_tokens.kind trace reads the max_tokens column"):
         config(max_tokens={"kind": "trace"})
-    with pytest.raises(ConfigError, match="max_tokens.factor must be a number >= 1"):
+    with pytest.raises(ConfigError, match="max_tokens.factor: input should be greater than or equal to 1, got 0.5"):
         config(max_tokens={"kind": "multiple", "factor": 0.5})

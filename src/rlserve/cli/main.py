@@ -24,7 +24,8 @@ def main() -> None:
     try:
         app()
     except RlserveError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # "[ray]" is no markup
+        # soft_wrap: one line however long (a log or a pipe gets it unbroken); "[ray]" is no markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -20,93 +20,62 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import annotated_types
+from pydantic import Field
 
 from rlserve.errors import ConfigError
 from rlserve.perf.gpus import GpuSpec
+from rlserve.validation import parse_config
 
 CALIBRATION_FORMAT = "rlserve-calibration/1"
 
-# knob -> (lower bound, upper bound, what it is): efficiencies are fractions of the device's datasheet peak
-_EFFICIENCY = (1e-6, 1.0)
-_SECONDS = (0.0, 10.0)
-KNOBS: dict[str, tuple[tuple[float, float], str]] = {
-    "iteration_overhead_s": (_SECONDS, "CPU time per iteration the accelerator waits for (scheduler, sampling)"),
-    "per_seq_overhead_s": (_SECONDS, "the same per sequence in the batch"),
-    "frontend_latency_s": (_SECONDS, "time outside the engine per request (HTTP, tokenise, stream); added to "
-                                     "TTFT and E2E, occupies no engine time"),
-    "frontend_per_inflight_s": (_SECONDS, "more of that time per request already in flight at the replica "
-                                          "when the request arrives (a frontend busy streaming other requests)"),
-    "layer_overhead_s": (_SECONDS, "per layer and iteration: kernel launch gaps and tails"),
-    "allreduce_latency_s": (_SECONDS, "per tensor-parallel all-reduce call"),
-    "allreduce_bandwidth_gbps": ((1e-6, 1e6), "achieved all-reduce bandwidth per GPU and direction, GB/s"),
-    "eff_compute_linear": (_EFFICIENCY, "GEMM compute efficiency in iterations with prefill"),
-    "eff_compute_linear_decode": (_EFFICIENCY, "GEMM compute efficiency in decode-only iterations"),
-    "eff_compute_attn": (_EFFICIENCY, "prefill attention compute efficiency"),
-    "eff_compute_attn_decode": (_EFFICIENCY, "decode attention compute efficiency"),
-    "eff_mem_linear": (_EFFICIENCY, "memory-bandwidth efficiency of weight streaming"),
-    "eff_mem_attn": (_EFFICIENCY, "memory-bandwidth efficiency of KV-cache reads"),
-    "eff_mem_elementwise": (_EFFICIENCY, "memory-bandwidth efficiency of elementwise kernels"),
-}
-DEVICE_FIELDS = {"name": str, "peak_tflops": float, "mem_bandwidth_gbps": float, "memory_bytes": int}
-# engine and frontend knobs: ReplicaPerfModel arguments, not GpuCalibration fields
-ENGINE_KNOBS = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s", "frontend_per_inflight_s")
-
-
-def _number(value: Any, key: str, where: str) -> float:
-    (lo, hi), what = KNOBS[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{where}.{key} must be a number ({what}), got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{where}.{key} must be in [{lo:g}, {hi:g}] ({what}), got {value!r}")
-    return float(value)
+_Seconds = Annotated[float, Field(ge=0.0, le=10.0)]
+_Efficiency = Annotated[float, Field(ge=1e-6, le=1.0)]  # a fraction of the device's datasheet peak
 
 
 @dataclass(frozen=True)
 class PerfConfig:
-    """Perf-model knobs of one replica (``None`` = catalogue default) plus the calibration they came from."""
+    """Perf-model knobs of one replica (``None`` = catalogue default) plus the calibration they came from.
 
-    calibration: str | None = None  # path of a calibration file; its knobs sit under the explicit ones
-    iteration_overhead_s: float | None = None
-    per_seq_overhead_s: float | None = None
-    frontend_latency_s: float | None = None
-    frontend_per_inflight_s: float | None = None
-    layer_overhead_s: float | None = None
-    allreduce_latency_s: float | None = None
-    allreduce_bandwidth_gbps: float | None = None
-    eff_compute_linear: float | None = None
-    eff_compute_linear_decode: float | None = None
-    eff_compute_attn: float | None = None
-    eff_compute_attn_decode: float | None = None
-    eff_mem_linear: float | None = None
-    eff_mem_attn: float | None = None
-    eff_mem_elementwise: float | None = None
+    A knob's type and range are declared here once; :meth:`from_dict` validates against them with
+    :func:`rlserve.validation.parse_config` and :data:`KNOBS` reads the bounds from here (the fitter's box).
+    """
+
+    calibration: Annotated[str, Field(min_length=1)] | None = None  # calibration file; under the explicit knobs
+    iteration_overhead_s: _Seconds | None = None  # CPU time per iteration the accelerator waits for (scheduler,
+    #                                               sampling)
+    per_seq_overhead_s: _Seconds | None = None  # the same per sequence in the batch
+    frontend_latency_s: _Seconds | None = None  # time outside the engine per request (HTTP, tokenise, stream);
+    #                                             added to TTFT and E2E, occupies no engine time
+    frontend_per_inflight_s: _Seconds | None = None  # more of that time per request already in flight at the
+    #                                                  replica when it arrives (a frontend busy streaming others)
+    layer_overhead_s: _Seconds | None = None  # per layer and iteration: kernel launch gaps and tails
+    allreduce_latency_s: _Seconds | None = None  # per tensor-parallel all-reduce call
+    allreduce_bandwidth_gbps: Annotated[float, Field(ge=1e-6, le=1e6)] | None = None  # achieved all-reduce
+    #                                                                                  bandwidth per GPU, GB/s
+    eff_compute_linear: _Efficiency | None = None  # GEMM compute efficiency in iterations with prefill
+    eff_compute_linear_decode: _Efficiency | None = None  # GEMM compute efficiency in decode-only iterations
+    eff_compute_attn: _Efficiency | None = None  # prefill attention compute efficiency
+    eff_compute_attn_decode: _Efficiency | None = None  # decode attention compute efficiency
+    eff_mem_linear: _Efficiency | None = None  # memory-bandwidth efficiency of weight streaming
+    eff_mem_attn: _Efficiency | None = None  # memory-bandwidth efficiency of KV-cache reads
+    eff_mem_elementwise: _Efficiency | None = None  # memory-bandwidth efficiency of elementwise kernels
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, *, where: str = "perf", base_dir: Path | str = ".") -> PerfConfig:
         """Validate a ``perf:`` mapping (a relative ``calibration`` path is resolved against ``base_dir``)."""
-        if d is None:
-            return cls()
         if isinstance(d, PerfConfig):
             return d
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{where} must be a mapping of perf-model knobs; allowed: calibration, "
-                              f"{', '.join(KNOBS)}")
-        unknown = set(d) - set(KNOBS) - {"calibration"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: calibration, {', '.join(KNOBS)}")
-        values: dict[str, Any] = {k: _number(v, k, where) for k, v in d.items() if k != "calibration" and v is not None}
-        calib = d.get("calibration")
-        if calib is not None:
-            if not isinstance(calib, str | Path) or not str(calib):
-                raise ConfigError(f"{where}.calibration must be a path to a calibration file, got {calib!r}")
-            path = Path(calib)
-            values["calibration"] = str(path if path.is_absolute() else Path(base_dir) / path)
-        return cls(**values)
+        cfg = parse_config(cls, dict(d) if isinstance(d, Mapping) else d, where)
+        if cfg.calibration is None or Path(cfg.calibration).is_absolute():
+            return cfg
+        return dataclasses.replace(cfg, calibration=str(Path(base_dir) / cfg.calibration))
 
     def over(self, base: PerfConfig) -> PerfConfig:
         """These knobs where set, ``base``'s elsewhere (scenario merging: group over defaults)."""
@@ -122,6 +91,32 @@ class PerfConfig:
     def device(self) -> dict[str, Any]:
         """Datasheet fields the calibration file replaces on the catalogue GPU (empty without a file)."""
         return dict(load_calibration(self.calibration).get("device") or {}) if self.calibration else {}
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    """The ``[ge, le]`` range declared on the knob ``name`` of :class:`PerfConfig`."""
+    hint = typing.get_type_hints(PerfConfig, include_extras=True)[name]
+    inner = next(a for a in typing.get_args(hint) if typing.get_origin(a) is Annotated)
+    meta = [m for info in typing.get_args(inner)[1:] for m in info.metadata]
+    return (float(next(m.ge for m in meta if isinstance(m, annotated_types.Ge))),  # type: ignore[arg-type]
+            float(next(m.le for m in meta if isinstance(m, annotated_types.Le))))  # type: ignore[arg-type]
+
+
+KNOBS: dict[str, tuple[float, float]] = {f.name: _bounds(f.name) for f in fields(PerfConfig) if f.name != "calibration"}
+"""Every perf-model knob and its allowed range (read from the declarations on :class:`PerfConfig`)."""
+# engine and frontend knobs: ReplicaPerfModel arguments, not GpuCalibration fields
+ENGINE_KNOBS = ("iteration_overhead_s", "per_seq_overhead_s", "frontend_latency_s", "frontend_per_inflight_s")
+
+
+@dataclass(frozen=True)
+class CalibratedDevice:
+    """The ``device:`` of a calibration file: datasheet fields replacing the catalogue GPU's (e.g. for a CPU
+    server); ``None`` keeps the catalogue value."""
+
+    name: str | None = None
+    peak_tflops: Annotated[float, Field(gt=0)] | None = None
+    mem_bandwidth_gbps: Annotated[float, Field(gt=0)] | None = None
+    memory_bytes: Annotated[int, Field(gt=0)] | None = None
 
 
 _CACHE: dict[tuple[str, float], dict[str, Any]] = {}
@@ -150,12 +145,8 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: calibration is marked incomplete (the profiling run did not finish); re-run "
                           "`rlserve calibrate`")
     PerfConfig.from_dict(doc.get("perf") or {}, where=f"{p}: perf")
-    device = doc.get("device") or {}
-    if not isinstance(device, dict) or set(device) - set(DEVICE_FIELDS):
-        raise ConfigError(f"{p}: device must be a mapping with keys among {sorted(DEVICE_FIELDS)}")
-    for k, v in device.items():
-        if k != "name" and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0):
-            raise ConfigError(f"{p}: device.{k} must be a positive number, got {v!r}")
+    device = parse_config(CalibratedDevice, doc.get("device"), f"{p}: device")
+    doc["device"] = {k: v for k, v in dataclasses.asdict(device).items() if v is not None}
     _CACHE[key] = doc
     return doc
 
@@ -184,7 +175,7 @@ def with_knobs(gpu: GpuSpec, knobs: Mapping[str, float],
                device: Mapping[str, Any] | None = None) -> tuple[GpuSpec, dict[str, float]]:
     """``gpu`` with ``device`` fields and the calibration ``knobs`` replaced, and the engine knobs apart."""
     if device:
-        gpu = dataclasses.replace(gpu, **{k: DEVICE_FIELDS[k](v) for k, v in device.items()})
+        gpu = dataclasses.replace(gpu, **device)
     cal: dict[str, Any] = {k: v for k, v in knobs.items() if k not in ENGINE_KNOBS}
     if cal:
         gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, **cal))

@@ -99,8 +99,8 @@ def fit_knobs(prefills: Sequence[tuple[int, float]], decodes: Sequence[tuple[int
         raise InputError(f"{len(obs)} observations cannot fit {len(fit)} knobs; measure more points")
     if not np.all(obs > 0):
         raise InputError("every observed time must be > 0 seconds")
-    lo = np.array([max(KNOBS[k][0][0], 1e-9) for k in fit])
-    hi = np.array([KNOBS[k][0][1] for k in fit])
+    lo = np.array([max(KNOBS[k][0], 1e-9) for k in fit])
+    hi = np.array([KNOBS[k][1] for k in fit])
     # Several starts (efficiencies spread over three decades) for the cheap lone-point fit: the roofline's
     # max() makes the loss piecewise and a single start can stop in the wrong piece. With ``extra`` (a
     # simulation per evaluation) only the given start.

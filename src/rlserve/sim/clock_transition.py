@@ -22,24 +22,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from rlserve.errors import ConfigError
+from rlserve.validation import parse_config
+
+_NonNegative = Annotated[float, Field(ge=0)]
 
 
 @dataclass(frozen=True)
 class ClockTransition:
     """Cost of one SM-clock change of one GPU (see the module docstring for the meaning and the sources)."""
 
-    latency_s: float = 0.05
-    stall_s: float = 0.05
-    energy_j: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int | float) or not v >= 0:
-                raise ConfigError(f"clock_transition.{f.name} must be a number >= 0, got {v!r}")
+    latency_s: _NonNegative = 0.05
+    stall_s: _NonNegative = 0.05
+    energy_j: _NonNegative = 0.0
 
     @property
     def free(self) -> bool:
@@ -53,21 +52,16 @@ class ClockTransition:
 
     @classmethod
     def from_dict(cls, d: Any, *, where: str = "clock_transition") -> ClockTransition:
-        """Parse ``{latency_s, stall_s, energy_j}`` (missing keys: defaults), ``off``/``false`` (free) or None."""
+        """Parse ``{latency_s, stall_s, energy_j}`` (missing keys: defaults), ``off``/``false`` (free) or None;
+        validated by :func:`rlserve.validation.parse_config` (numbers >= 0, no other keys)."""
         if d is None:
             return DEFAULT_TRANSITION
         if d is False or d == "off":
             return FREE_TRANSITION
         if not isinstance(d, Mapping):
-            raise ConfigError(f"{where} must be a mapping with keys latency_s, stall_s, energy_j, or 'off'")
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        try:
-            return cls(**{k: float(v) for k, v in d.items()})
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: values must be numbers, got {dict(d)!r}") from None
+            raise ConfigError(f"{where}: expected a mapping with keys latency_s, stall_s, energy_j, or 'off', "
+                              f"got {type(d).__name__}")
+        return parse_config(cls, dict(d), where)
 
     def as_dict(self) -> dict[str, float]:
         """Plain data (checkpoint metadata, result JSON)."""

@@ -28,6 +28,39 @@ _LEVELS = ["&a [" + ", ".join(["x"] * 10) + "]"] + [
     f"&{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(8)]
 ANCHOR_BOMB = GOOD_SCENARIO.replace("name: tiny", "name: [" + ", ".join(_LEVELS) + "]")
 SIM = ["simulate", "--num-requests", "20"]
+_BOMB = "[" + ", ".join(_LEVELS) + "]"
+_ARRIVAL = "arrival: {kind: poisson, qps: 5}"
+
+# a wrong type, an out-of-range value, an unknown key and an alias bomb in each scenario section:
+# name -> (scenario text, what the one error line must hold after the file name: the section and the key)
+SECTION_CASES: dict[str, tuple[str, str]] = {
+    "scenario workload qps a string": (GOOD_SCENARIO.replace("qps: 5", "qps: fast"),
+                                       "workload: arrival.qps: input should be a valid number"),
+    "scenario workload negative requests": (GOOD_SCENARIO.replace("num_requests: 20", "num_requests: -20"),
+                                            "workload: num_requests: input should be greater than or equal to 1"),
+    "scenario workload unknown key": (GOOD_SCENARIO.replace(_ARRIVAL, "arrival: {kind: poisson, qps: 5, rate: 2}"),
+                                      "workload: unknown key(s) arrival.rate; allowed here: kind, qps"),
+    "scenario workload anchor bomb": (GOOD_SCENARIO.replace(_ARRIVAL, "arrival: {kind: piecewise, segment_s: 1, "
+                                                                      f"rates_qps: {_BOMB}}}"),
+                                      "workload: the document expands to more than"),
+    "scenario perf a string": (GOOD_SCENARIO + "perf: {eff_mem_attn: fast}\n",
+                               "perf: eff_mem_attn: input should be a valid number"),
+    "scenario perf out of range": (GOOD_SCENARIO + "perf: {eff_mem_attn: 2}\n",
+                                   "perf: eff_mem_attn: input should be less than or equal to 1"),
+    "scenario perf unknown key": (GOOD_SCENARIO + "perf: {gemm: 0.5}\n", "perf: unknown key 'gemm'; allowed: "),
+    "scenario perf anchor bomb": (GOOD_SCENARIO + f"perf: {{layer_overhead_s: {_BOMB}}}\n",
+                                  "perf: the document expands to more than"),
+    "scenario clock_transition a string": (GOOD_SCENARIO + "clock_transition: {stall_s: slow}\n",
+                                           "clock_transition: stall_s: input should be a valid number"),
+    "scenario clock_transition negative": (GOOD_SCENARIO + "clock_transition: {stall_s: -1}\n",
+                                           "clock_transition: stall_s: input should be greater than or equal to 0"),
+    "scenario clock_transition unknown key": (GOOD_SCENARIO + "clock_transition: {delay: 1}\n",
+                                              "clock_transition: unknown key 'delay'; allowed: energy_j, latency_s"),
+    "scenario clock_transition anchor bomb": (GOOD_SCENARIO + f"clock_transition: {{energy_j: {_BOMB}}}\n",
+                                              "clock_transition: the document expands to more than"),
+}
+_SECTION_ROWS: list[tuple[str, list[str], dict[str, str | None]]] = [
+    (name, [*SIM, "-s", "{d}/x.yaml"], {"x.yaml": text}) for name, (text, _) in SECTION_CASES.items()]
 
 # (name, argv, files)
 CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
@@ -51,9 +84,8 @@ CASES: list[tuple[str, list[str], dict[str, str | None]]] = [
     ("scenario lengths file garbage", [*SIM, "-s", "{d}/x.yaml"],
      {"x.yaml": GOOD_SCENARIO.replace("{kind: fixed, prompt_tokens: 100, output_tokens: 20}",
                                       "{kind: trace, path: t.csv}"), "t.csv": "a,b\n1,2\n"}),
-    ("scenario negative requests", [*SIM, "-s", "{d}/x.yaml"],
-     {"x.yaml": GOOD_SCENARIO.replace("num_requests: 20", "num_requests: -20")}),
     ("scenario anchor bomb", [*SIM, "-s", "{d}/x.yaml"], {"x.yaml": ANCHOR_BOMB}),
+    *_SECTION_ROWS,
     ("scenario unknown router", [*SIM, "-r", "nope"], {}),
     ("simulate negative requests", ["simulate", "--num-requests", "-5"], {}),
     ("simulate zero qps", [*SIM, "--qps", "0"], {}),

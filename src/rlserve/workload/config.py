@@ -1,7 +1,8 @@
 """The ``workload:`` section of a scenario file, validated, and the builder that turns it into a Workload.
 
-YAML keys are the dataclass field names, one to one. Which keys a section accepts depends on its ``kind``
-(tables below); anything else is a :class:`~rlserve.errors.ConfigError` that lists the allowed keys.
+YAML keys are the dataclass field names, one to one. Types and ranges are declared on the fields and checked by
+:func:`rlserve.validation.parse_config` (one-line errors naming the file and the key); which keys a section
+accepts depends on its ``kind`` (tables below); rules that involve several keys are in :func:`_check_combination`.
 :func:`build_workload` is deterministic: the seed is split into independent streams for arrivals, lengths
 and prefixes, so changing the length model leaves the arrival times of a seed unchanged.
 """
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import typing
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from rlserve.errors import ConfigError
+from rlserve.validation import parse_config
 from rlserve.workload import arrivals, lengths, loaders, prefixes
+from rlserve.workload.lengths import Truncation
 from rlserve.workload.request import EXACT_SOURCE, Workload
 
 # kind -> (required keys, optional keys), besides "kind" itself.
@@ -54,49 +58,22 @@ MAX_TOKENS_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 DEFAULT_MAX_TOKENS = 2048
 """The declared ``max_tokens`` of a scenario that does not say: a common chat-client setting (OpenAI-style clients
 and UIs often send 1024-4096; vLLM itself defaults to the remaining context). Capped by the model length."""
-ORDERS = ("sample", "sequential")
+Order = Literal["sample", "sequential"]
+ORDERS: tuple[str, ...] = typing.get_args(Order)
 # Warn when the prefix is cut to the prompt for more than this share of prefixed requests.
 PREFIX_CUT_WARN_FRACTION = 0.1
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+# the ranges of the fields below (validated by rlserve.validation.parse_config: strict types, finite numbers)
+_Positive = Annotated[float, Field(gt=0)]
+_NonNegative = Annotated[float, Field(ge=0)]
+_AtLeastOne = Annotated[float, Field(ge=1)]
+_Count = Annotated[int, Field(ge=1)]
 
 
-_POSITIVE = (lambda v: _is_real(v) and v > 0, "a number > 0")
-_COUNT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-# field -> (accepts value?, what it must be); one table for every section (field names are unique).
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **dict.fromkeys(
-        ("qps", "burstiness", "qps_start", "qps_end", "segment_s", "time_scale", "prompt_mean", "prompt_median",
-         "output_mean", "output_median"), _POSITIVE),
-    **dict.fromkeys(
-        ("num_requests", "prompt_tokens", "output_tokens", "prompt_min", "prompt_max", "output_min",
-         "output_max", "max_prompt_tokens", "max_output_tokens", "num_prefixes", "prefix_tokens"), _COUNT),
-    "max_total_tokens": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
-    "truncation": (lambda v: v in lengths.TRUNCATION_RULES, f"one of {', '.join(lengths.TRUNCATION_RULES)}"),
-    "rates_qps": (
-        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_is_real(r) and r >= 0 for r in v)
-        and any(r > 0 for r in v), "a non-empty list of rates >= 0, not all 0"),
-    "prompt_mu": (_is_real, "a number"),
-    "output_mu": (_is_real, "a number"),
-    "prompt_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
-    "output_sigma": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
-    "share_fraction": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "tokens": _COUNT,
-    "zipf_s": (lambda v: _is_real(v) and v >= 0, "a number >= 0 (0 = uniform popularity)"),
-    "prepend": (lambda v: isinstance(v, bool), "true or false"),
-    "turns_mean": (lambda v: _is_real(v) and v >= 1, "a number >= 1"),
-    "think_time_s": (lambda v: _is_real(v) and v > 0, "a number > 0"),
-    "factor": (lambda v: _is_real(v) and v >= 1, "a number >= 1 (max_tokens bounds the output)"),
-    "order": (lambda v: v in ORDERS, f"one of {', '.join(ORDERS)}"),
-    "path": (lambda v: isinstance(v, str | Path) and str(v) != "", "a file path"),
-    "tokenizer": (lambda v: isinstance(v, str | Path) and str(v) != "", "a path to a tokenizer.json"),
-}
+def _some_positive(rates: tuple[float, ...]) -> tuple[float, ...]:
+    if not any(r > 0 for r in rates):
+        raise ValueError("needs a rate > 0 (all are 0)")
+    return rates
 
 
 @dataclass(frozen=True)
@@ -104,13 +81,13 @@ class ArrivalConfig:
     """When requests arrive; see :data:`ARRIVAL_KEYS` for the keys each ``kind`` takes."""
 
     kind: str = "poisson"
-    qps: float | None = None
-    burstiness: float | None = None
-    qps_start: float | None = None
-    qps_end: float | None = None
-    rates_qps: tuple[float, ...] | None = None
-    segment_s: float | None = None
-    time_scale: float | None = None
+    qps: _Positive | None = None
+    burstiness: _Positive | None = None
+    qps_start: _Positive | None = None
+    qps_end: _Positive | None = None
+    rates_qps: Annotated[tuple[_NonNegative, ...], Field(min_length=1), AfterValidator(_some_positive)] | None = None
+    segment_s: _Positive | None = None
+    time_scale: _Positive | None = None
 
 
 @dataclass(frozen=True)
@@ -122,23 +99,23 @@ class LengthConfig:
     """
 
     kind: str = "lognormal"
-    prompt_tokens: int | None = None
-    output_tokens: int | None = None
-    prompt_min: int | None = None
-    prompt_max: int | None = None
-    output_min: int | None = None
-    output_max: int | None = None
-    prompt_mean: float | None = None
-    prompt_median: float | None = None
+    prompt_tokens: _Count | None = None
+    output_tokens: _Count | None = None
+    prompt_min: _Count | None = None
+    prompt_max: _Count | None = None
+    output_min: _Count | None = None
+    output_max: _Count | None = None
+    prompt_mean: _Positive | None = None
+    prompt_median: _Positive | None = None
     prompt_mu: float | None = None
-    prompt_sigma: float | None = None
-    output_mean: float | None = None
-    output_median: float | None = None
+    prompt_sigma: _NonNegative | None = None
+    output_mean: _Positive | None = None
+    output_median: _Positive | None = None
     output_mu: float | None = None
-    output_sigma: float | None = None
+    output_sigma: _NonNegative | None = None
     path: Path | None = None
-    order: str | None = None
-    tokenizer: Path | None = None
+    order: Order | None = None
+    tokenizer: Path | None = None  # a tokenizer.json
 
     def lognormal(self, side: str) -> lengths.LogNormal:
         """The prompt (``side="prompt"``) or output lognormal, from mean/median or mu/sigma."""
@@ -159,10 +136,10 @@ class PrefixConfig:
     all of its tokens (the prefix is cut to the prompt).
     """
 
-    share_fraction: float
-    num_prefixes: int
-    prefix_tokens: int
-    zipf_s: float = 0.0
+    share_fraction: Annotated[float, Field(ge=0, le=1)]
+    num_prefixes: _Count
+    prefix_tokens: _Count
+    zipf_s: _NonNegative = 0.0  # 0: uniform popularity
     prepend: bool = False
 
 
@@ -174,8 +151,8 @@ class SessionConfig:
     ``qps`` on average. With ShareGPT lengths the recorded conversations are replayed whole (sampled with
     replacement) and ``turns_mean``, optional there, defaults to their mean number of exchanges."""
 
-    think_time_s: float
-    turns_mean: float | None = None
+    think_time_s: _Positive
+    turns_mean: _AtLeastOne | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +169,8 @@ class MaxTokensConfig:
     """
 
     kind: str = "fixed"
-    tokens: int | None = DEFAULT_MAX_TOKENS
-    factor: float | None = None
+    tokens: _Count | None = DEFAULT_MAX_TOKENS
+    factor: _AtLeastOne | None = None  # max_tokens bounds the output, so >= 1
 
     def source(self) -> str:
         """The label results carry (:attr:`rlserve.workload.Workload.max_tokens_source`)."""
@@ -211,16 +188,16 @@ class WorkloadConfig:
     ``num_requests`` may be left out only for file lengths taken in order; then every row is used.
     """
 
-    num_requests: int | None
+    num_requests: _Count | None
     arrival: ArrivalConfig
     lengths: LengthConfig
-    max_prompt_tokens: int | None = None
-    max_output_tokens: int | None = None
-    max_total_tokens: int | None = None
+    max_prompt_tokens: _Count | None = None
+    max_output_tokens: _Count | None = None
+    max_total_tokens: Annotated[int, Field(ge=2)] | None = None
     prefix: PrefixConfig | None = None
     max_tokens: MaxTokensConfig = MaxTokensConfig()
     sessions: SessionConfig | None = None
-    truncation: str = "output_first"  # how max_total_tokens shortens a request (lengths.TRUNCATION_RULES)
+    truncation: Truncation = "output_first"  # how max_total_tokens shortens a request
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str, base_dir: str | Path = ".") -> WorkloadConfig:
@@ -228,42 +205,28 @@ class WorkloadConfig:
 
         Relative paths are resolved against ``base_dir`` (the scenario file's folder) and must exist.
         """
-        top = _section(d, where, "", ("arrival", "lengths"),
-                       ("num_requests", "max_prompt_tokens", "max_output_tokens", "max_total_tokens", "prefix",
-                        "max_tokens", "sessions", "truncation"))
-        arrival = _kinded(top["arrival"], where, "arrival.", ARRIVAL_KEYS)
-        lens = _kinded(top["lengths"], where, "lengths.", LENGTH_KEYS)
-        prefix = top.get("prefix")
-        if prefix is not None:
-            prefix = PrefixConfig(**_section(prefix, where, "prefix.", ("share_fraction", "num_prefixes",
-                                                                         "prefix_tokens"), ("zipf_s", "prepend")))
-        sessions = top.get("sessions")
-        if sessions is not None:
-            sessions = SessionConfig(**_section(sessions, where, "sessions.", ("think_time_s",), ("turns_mean",)))
-        max_tokens = MaxTokensConfig()
-        if top.get("max_tokens") is not None:
-            declared = _kinded(top["max_tokens"], where, "max_tokens.", MAX_TOKENS_KEYS)
-            max_tokens = MaxTokensConfig(**{"tokens": None, **declared})
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of keys, got {type(d).__name__}")
+        doc = _given(d)
+        for key, table in (("arrival", ARRIVAL_KEYS), ("lengths", LENGTH_KEYS), ("max_tokens", MAX_TOKENS_KEYS)):
+            if key in doc:  # a missing arrival or lengths: parse_config says so
+                doc[key] = _kinded(doc[key], where, key, table)
+        if "max_tokens" in doc:
+            doc["max_tokens"] = {"tokens": None, **doc["max_tokens"]}  # a max_tokens section has no default cap
+        for key in ("prefix", "sessions"):
+            if isinstance(doc.get(key), Mapping):
+                doc[key] = _given(doc[key])
+        cfg = parse_config(cls, {"num_requests": None, **doc}, where)  # num_requests: see _check_combination
+        lens = cfg.lengths
         for key in ("path", "tokenizer"):
-            if lens.get(key) is not None:
-                lens[key] = Path(base_dir) / Path(lens[key]).expanduser()
-                if not lens[key].is_file():
-                    raise ConfigError(f"{where}: lengths.{key} {lens[key]} does not exist; fix the path "
+            path = getattr(lens, key)
+            if path is not None:
+                path = Path(base_dir) / path.expanduser()
+                if not path.is_file():
+                    raise ConfigError(f"{where}: lengths.{key} {path} does not exist; fix the path "
                                       "(relative paths are relative to the scenario file)")
-        if "rates_qps" in arrival:
-            arrival["rates_qps"] = tuple(float(r) for r in arrival["rates_qps"])
-        cfg = cls(
-            num_requests=top.get("num_requests"),
-            arrival=ArrivalConfig(**arrival),
-            lengths=LengthConfig(**lens),
-            max_prompt_tokens=top.get("max_prompt_tokens"),
-            max_output_tokens=top.get("max_output_tokens"),
-            max_total_tokens=top.get("max_total_tokens"),
-            prefix=prefix,
-            max_tokens=max_tokens,
-            sessions=sessions,
-            truncation=top.get("truncation", "output_first"),
-        )
+                lens = dataclasses.replace(lens, **{key: path})
+        cfg = dataclasses.replace(cfg, lengths=lens)
         _check_combination(cfg, where)
         return cfg
 
@@ -278,36 +241,30 @@ class WorkloadConfig:
         return plain(dataclasses.asdict(self))
 
 
-def _section(
-    d: Any, where: str, prefix: str, required: tuple[str, ...], optional: tuple[str, ...]
-) -> dict[str, Any]:
-    """Check a mapping's keys and the values of known fields; return a copy."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'workload'} must be a mapping, got {d!r}")
-    allowed = required + optional
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
-                          f"allowed here: {', '.join(allowed)}")
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(prefix + k for k in missing)}")
-    for key, value in d.items():
-        ok, what = _CHECKS.get(key, (lambda v: True, ""))
-        if (value is not None or key in required) and not ok(value):  # null means "not given"
-            raise ConfigError(f"{where}: {prefix}{key} must be {what}, got {value!r}")
-    return dict(d)
+def _given(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a section that are set (YAML null means "not given", i.e. the default)."""
+    return {k: v for k, v in d.items() if v is not None}
 
 
-def _kinded(
-    d: Any, where: str, prefix: str, table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
-) -> dict[str, Any]:
-    """Validate a section whose allowed keys depend on its ``kind``."""
+def _kinded(d: Any, where: str, section: str, table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+            ) -> dict[str, Any]:
+    """Check the keys of a section whose allowed keys depend on its ``kind``; values are checked by the
+    section's dataclass."""
     kind = d.get("kind") if isinstance(d, Mapping) else None
-    if kind not in table:
-        raise ConfigError(f"{where}: {prefix}kind must be one of {', '.join(table)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in table:
+        got = repr(kind) if kind is None or isinstance(kind, str) else f"a {type(kind).__name__}"  # never a huge repr
+        raise ConfigError(f"{where}: {section}.kind must be one of {', '.join(table)}, got {got}")
     required, optional = table[kind]
-    return _section(d, where, prefix, ("kind", *required), optional)
+    allowed = ("kind", *required, *optional)
+    unknown = [str(k) for k in d if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"allowed here: {', '.join(allowed)}")
+    given = _given(d)
+    missing = [k for k in required if k not in given]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(f'{section}.{k}' for k in missing)}")
+    return given
 
 
 def _check_combination(cfg: WorkloadConfig, where: str) -> None:
@@ -388,7 +345,7 @@ def build_workload(cfg: WorkloadConfig, seed: int, max_model_len: int | None = N
     ``max_model_len`` (the cluster's smallest context length, when known) caps the declared ``max_tokens`` at
     ``max_model_len - prompt`` as a client must; the true output is then cut to the declared size.
     """
-    if not _is_int(seed) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     arrival_rng, length_rng, prefix_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     recorded = cfg.sessions is not None and cfg.lengths.kind == "sharegpt"

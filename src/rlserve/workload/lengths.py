@@ -8,8 +8,10 @@ Token caps (a model's context length, a benchmark's ``max_tokens``) are applied 
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -21,7 +23,8 @@ LengthArrays = tuple[np.ndarray, np.ndarray]
 CLIP_WARN_FRACTION = 0.01
 # How max_total_tokens shortens a request: the output first (a server stops generating at the context limit), or
 # both sides in proportion to their lengths (what Vidur's trace generators do).
-TRUNCATION_RULES = ("output_first", "proportional")
+Truncation = Literal["output_first", "proportional"]
+TRUNCATION_RULES: tuple[str, ...] = typing.get_args(Truncation)
 
 
 def _tokens(x: np.ndarray) -> np.ndarray:
